@@ -1,0 +1,81 @@
+//! Rows of a weight: the entries feeding one output unit. Given the stored shape and its unit
+//! axes, maps each flat index to its row, in flat order.
+
+/// Row structure of one weight.
+#[derive(Clone, Debug)]
+pub struct Rows {
+    pub count: usize,
+    pub len: usize,
+    shape: Vec<usize>,
+    unit: Vec<bool>,
+}
+
+impl Rows {
+    pub fn new(shape: &[usize], unit_axes: &[usize]) -> Self {
+        let unit: Vec<bool> = (0..shape.len()).map(|a| unit_axes.contains(&a)).collect();
+        let count: usize = shape.iter().zip(&unit).filter(|(_, &u)| u).map(|(d, _)| d).product();
+        let n: usize = shape.iter().product();
+        Self { count, len: if count == 0 { 0 } else { n / count }, shape: shape.to_vec(), unit }
+    }
+
+    /// Row id of every flat index, in flat order.
+    pub fn ids(&self) -> Vec<u32> {
+        let n = self.count * self.len;
+        let rank = self.shape.len();
+        // Fast paths: rows are the leading axis (contiguous) or the trailing axis (strided).
+        if self.unit.first() == Some(&true) && self.unit.iter().skip(1).all(|u| !u) {
+            return (0..n).map(|i| (i / self.len.max(1)) as u32).collect();
+        }
+        if self.unit.last() == Some(&true) && self.unit.iter().take(rank - 1).all(|u| !u) {
+            let last = self.shape[rank - 1].max(1);
+            return (0..n).map(|i| (i % last) as u32).collect();
+        }
+        self.ids_general(n)
+    }
+
+    fn ids_general(&self, n: usize) -> Vec<u32> {
+        let rank = self.shape.len();
+        // Row-id stride of each unit axis (row-major over the unit axes).
+        let mut rstride = vec![0usize; rank];
+        let mut acc = 1;
+        for a in (0..rank).rev() {
+            if self.unit[a] {
+                rstride[a] = acc;
+                acc *= self.shape[a];
+            }
+        }
+        let mut idx = vec![0usize; rank];
+        let mut row = 0usize;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(row as u32);
+            for a in (0..rank).rev() {
+                idx[a] += 1;
+                row += rstride[a];
+                if idx[a] < self.shape[a] {
+                    break;
+                }
+                row -= rstride[a] * idx[a];
+                idx[a] = 0;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_trailing_and_mixed_unit_axes() {
+        assert_eq!(Rows::new(&[2, 3], &[0]).ids(), [0, 0, 0, 1, 1, 1]);
+        assert_eq!(Rows::new(&[2, 3], &[1]).ids(), [0, 1, 2, 0, 1, 2]);
+        // [b=2, k=2, n=2] MatMul B: rows per (b, n).
+        assert_eq!(Rows::new(&[2, 2, 2], &[0, 2]).ids(), [0, 1, 0, 1, 2, 3, 2, 3]);
+        let r = Rows::new(&[2, 2, 2], &[0, 2]);
+        assert_eq!((r.count, r.len), (4, 2));
+        // ConvTranspose [C=2, M=3, k=1]: rows along axis 1.
+        assert_eq!(Rows::new(&[2, 3, 1], &[1]).ids(), [0, 1, 2, 0, 1, 2]);
+    }
+}

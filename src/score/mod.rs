@@ -1,0 +1,33 @@
+//! Importance scores for weight entries, one criterion per file. A score is a non-negative
+//! f32 per entry; EMP ranks by it and sizes the kept set from its L1/L2 mass.
+
+pub mod magnitude;
+
+use anyhow::Result;
+
+use crate::onnx::load::Model;
+use crate::weights::Weight;
+
+/// The scoring criteria for unstructured pruning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Criterion {
+    /// `|w|`, the paper's default.
+    Magnitude,
+}
+
+impl Criterion {
+    pub fn name(self) -> &'static str {
+        match self {
+            Criterion::Magnitude => "magnitude",
+        }
+    }
+}
+
+/// Scores every entry of `w` (flat, row-major order of the stored tensor).
+pub fn score(model: &Model, ix: &crate::onnx::walk::Index, w: &Weight, criterion: Criterion) -> Result<Vec<f32>> {
+    let t = ix.tensors[w.id].tensor;
+    match criterion {
+        Criterion::Magnitude => magnitude::scores(t, &model.external),
+    }
+}

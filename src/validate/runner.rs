@@ -1,0 +1,60 @@
+//! Running a prepared model with tract: load, pin input facts, optimise, run, time.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use tract_onnx::prelude::*;
+
+/// A model ready to run on the validation inputs.
+pub struct Runner {
+    plan: std::sync::Arc<TypedRunnableModel>,
+}
+
+impl Runner {
+    /// Loads a serialized model and fixes its inputs to the given tensors' types and shapes.
+    pub fn new(bytes: &[u8], inputs: &[(String, &Tensor)]) -> Result<Self> {
+        let mut model = tract_onnx::onnx()
+            .with_ignore_output_shapes(true)
+            .model_for_read(&mut &bytes[..])
+            .map_err(|e| anyhow!("tract cannot load the model: {e:#}"))?;
+        let outlets = model.input_outlets()?.to_vec();
+        for (i, outlet) in outlets.iter().enumerate() {
+            let name = model.node(outlet.node).name.clone();
+            let (_, t) = inputs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| anyhow!("tract expects an input {name:?} that the validation inputs lack"))?;
+            model.set_input_fact(i, InferenceFact::dt_shape(t.datum_type(), t.shape()))?;
+        }
+        let plan =
+            model.into_optimized().map_err(|e| anyhow!("tract cannot optimise the model: {e:#}"))?.into_runnable()?;
+        Ok(Self { plan })
+    }
+
+    /// Names of the model inputs in the order `run` expects them.
+    pub fn input_names(&self) -> Vec<String> {
+        let m = self.plan.model();
+        m.input_outlets().map(|o| o.iter().map(|o| m.node(o.node).name.clone()).collect()).unwrap_or_default()
+    }
+
+    /// Runs once.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let values: TVec<TValue> = inputs.iter().map(|t| t.clone().into_tvalue()).collect();
+        let out = self.plan.run(values).map_err(|e| anyhow!("tract failed to run the model: {e:#}"))?;
+        Ok(out.into_iter().map(|v| v.into_tensor()).collect())
+    }
+
+    /// Runs `runs` more times after the first and returns the outputs of the first run and the
+    /// median latency in milliseconds.
+    pub fn run_timed(&self, inputs: &[Tensor], runs: usize) -> Result<(Vec<Tensor>, f64)> {
+        let out = self.run(inputs).context("first run")?;
+        let mut times = vec![];
+        for _ in 0..runs.max(1) {
+            let t0 = Instant::now();
+            self.run(inputs)?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok((out, times[times.len() / 2]))
+    }
+}
