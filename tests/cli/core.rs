@@ -1,9 +1,7 @@
-//! The integration tests: drive the real `emprune` binary on the bundled models and on
-//! crafted broken inputs, deserialise its JSON report and check it against independent
-//! counts of the written files.
+//! Core pass through the real CLI: every scope on every bundled model, storage variants,
+//! validation, filters, and bad input (exit 2, one line, no output file).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use emprune::onnx::proto::tensor_proto::DataType;
 use emprune::onnx::proto::{ModelProto, TensorProto};
@@ -11,66 +9,7 @@ use emprune::onnx::walk::visit_tensors_mut;
 use prost::Message;
 use serde_json::Value;
 
-const SCOPES: [&str; 3] = ["global", "tensor", "row"];
-
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
-}
-
-fn model(name: &str) -> PathBuf {
-    models().join(name)
-}
-
-fn emprune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_emprune")).args(args).output().expect("failed to start emprune")
-}
-
-fn ok_json(args: &[&str]) -> Value {
-    let out = emprune(args);
-    assert!(out.status.success(), "emprune {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("stdout is not JSON")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// Counts non-zero entries of every float initializer/Constant in a model file, by name —
-/// independently of emprune's own counting (raw little-endian decoding here).
-fn nonzeros(path: &Path) -> std::collections::HashMap<String, usize> {
-    let m = emprune::onnx::Model::load(path).unwrap();
-    let ix = emprune::onnx::walk::Index::build(&m.proto);
-    let mut out = std::collections::HashMap::new();
-    for e in &ix.tensors {
-        let Ok(bytes) = emprune::onnx::tensor::element_bytes(e.tensor, &m.external) else { continue };
-        let nz = match DataType::try_from(e.tensor.data_type).unwrap() {
-            DataType::Float => bytes.chunks(4).filter(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) != 0.0).count(),
-            DataType::Double => bytes.chunks(8).filter(|c| f64::from_le_bytes((*c).try_into().unwrap()) != 0.0).count(),
-            DataType::Float16 | DataType::Bfloat16 => {
-                bytes.chunks(2).filter(|c| (u16::from_le_bytes([c[0], c[1]]) & 0x7fff) != 0).count()
-            }
-            _ => continue,
-        };
-        out.insert(e.value.clone(), nz);
-    }
-    out
-}
-
-fn check_counts(report: &Value, written: &Path) {
-    let nz = nonzeros(written);
-    let mut total = 0;
-    for t in report["tensors"].as_array().unwrap() {
-        let name = t["name"].as_str().unwrap();
-        let kept = t["kept"].as_u64().unwrap() as usize;
-        assert_eq!(nz[name], kept, "kept count of {name} disagrees with the written file");
-        total += kept;
-    }
-    assert_eq!(report["totals"]["kept"].as_u64().unwrap() as usize, total);
-}
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
-}
+use crate::support::*;
 
 #[test]
 fn every_scope_on_every_bundled_model() {
@@ -296,14 +235,6 @@ fn expect_error(args: &[&str], out: &Path, needle: &str) {
         .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "temp files left behind");
-}
-
-fn write_model(path: &Path, m: &ModelProto) {
-    std::fs::write(path, m.encode_to_vec()).unwrap();
-}
-
-fn load_proto(path: &Path) -> ModelProto {
-    ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
 }
 
 #[test]
