@@ -226,5 +226,7 @@ pub fn prune_vector(scores: &[f32], beta: f64) -> Result<(Decision, Cut, Vec<boo
     Ok((d, cut, mask, s_eff))
 }
 
+pub mod radix;
+
 #[cfg(test)]
 mod tests;

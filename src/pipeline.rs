@@ -1,15 +1,20 @@
 //! The three jobs end to end — inspect, prune, validate — as library calls the CLI wraps.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
+use rayon::prelude::*;
 
 use crate::onnx::load::Model;
+use crate::onnx::proto::ModelProto;
 use crate::onnx::save;
-use crate::onnx::walk::Index;
+use crate::onnx::tensor::{self, Storage};
+use crate::onnx::walk::{visit_tensors_mut, Index};
 use crate::prune::{self, Config, Plan};
 use crate::report::{self, Report, TensorReport, Totals, ValidateReport};
-use crate::rewrite::zero::{self, Zeroed};
+use crate::rewrite::zero::{self, Counts};
 use crate::validate::{self, Options};
 
 /// A report and whether the job succeeded (validation passed, or was not asked for).
@@ -22,25 +27,38 @@ pub struct Outcome {
 pub fn inspect(path: &Path, cfg: &Config) -> Result<Report> {
     let model = Model::load(path)?;
     let ix = Index::build(&model.proto);
-    let plan = prune::plan(&model, &ix, cfg)?;
-    let (_, counts) = zero::zero(&model, &ix, &plan.pruned)?;
+    let mut plan = prune::plan(&model, &ix, cfg)?;
+    let counts: Vec<Counts> = plan
+        .weights
+        .par_iter()
+        .map(|p| zero::zero(&model, &ix, p, cfg.criterion).map(|(_, c)| c))
+        .collect::<Result<_>>()?;
     let before = input_bytes(&model);
-    Ok(build_report("inspect", &model, None, cfg, plan, &counts, before, before))
+    Ok(build_report("inspect", &model, None, cfg, &mut plan, &counts, before, before))
 }
 
 /// Prunes `path` into `out` (dense format), then validates unless `validation` is `None`.
+/// Inline weights are rewritten in parallel; external ones stream from the input's data file
+/// to the output's, one tensor at a time.
 pub fn prune_file(path: &Path, out: &Path, cfg: &Config, validation: Option<&Options>) -> Result<Outcome> {
     let model = Model::load(path)?;
     let ix = Index::build(&model.proto);
-    let plan = prune::plan(&model, &ix, cfg)?;
-    let (edits, counts) = zero::zero(&model, &ix, &plan.pruned)?;
+    let mut plan = prune::plan(&model, &ix, cfg)?;
+    let mut counts: Vec<Option<Counts>> = vec![None; plan.weights.len()];
     let mut proto = model.proto.clone();
-    edits.apply(&mut proto)?;
-    let before = input_bytes(&model);
+    rewrite_inline(&model, &ix, &plan, cfg, &mut proto, &mut counts)?;
+    let by_id: HashMap<usize, usize> = plan.weights.iter().enumerate().map(|(i, p)| (p.weight.id, i)).collect();
     let inputs = protected_inputs(&model)?;
-    let saved = save::save(proto, &model.external, &edits.external, out, &inputs)?;
+    let saved = save::save(proto, &model.external, out, &inputs, &mut |id| {
+        let Some(&i) = by_id.get(&id) else { return Ok(None) };
+        let (data, c) = zero::zero(&model, &ix, &plan.weights[i], cfg.criterion)?;
+        counts[i] = Some(c);
+        Ok(Some(data))
+    })?;
+    let counts: Vec<Counts> = counts.into_iter().map(Option::unwrap_or_default).collect();
+    let before = input_bytes(&model);
     let after = saved.model_bytes + saved.data_bytes;
-    let mut report = build_report("prune", &model, Some(out), cfg, plan, &counts, before, after);
+    let mut report = build_report("prune", &model, Some(out), cfg, &mut plan, &counts, before, after);
     if saved.externalized_for_size > 0 {
         report
             .notes
@@ -54,6 +72,35 @@ pub fn prune_file(path: &Path, out: &Path, cfg: &Config, validation: Option<&Opt
         report.validation = Some(v);
     }
     Ok(Outcome { report, passed })
+}
+
+/// Zeroes every inline weight (in parallel) and writes the result into `proto`.
+fn rewrite_inline(
+    model: &Model,
+    ix: &Index,
+    plan: &Plan,
+    cfg: &Config,
+    proto: &mut ModelProto,
+    counts: &mut [Option<Counts>],
+) -> Result<()> {
+    let done: Vec<(usize, Bytes, Counts)> = plan
+        .weights
+        .par_iter()
+        .enumerate()
+        .filter(|(_, p)| p.weight.storage != Storage::External)
+        .map(|(i, p)| zero::zero(model, ix, p, cfg.criterion).map(|(b, c)| (i, b, c)))
+        .collect::<Result<_>>()?;
+    let mut data: HashMap<usize, Bytes> = HashMap::new();
+    for (i, b, c) in done {
+        data.insert(plan.weights[i].weight.id, b);
+        counts[i] = Some(c);
+    }
+    visit_tensors_mut(proto, &mut |id, t| {
+        if let Some(b) = data.remove(&id) {
+            tensor::set_raw(t, b);
+        }
+        Ok(())
+    })
 }
 
 /// Compares two model files.
@@ -75,7 +122,7 @@ fn protected_inputs(model: &Model) -> Result<Vec<std::path::PathBuf>> {
     let ix = Index::build(&model.proto);
     let mut files = vec![model.path.clone()];
     for e in &ix.tensors {
-        if crate::onnx::tensor::storage(e.tensor) == crate::onnx::tensor::Storage::External {
+        if tensor::storage(e.tensor) == Storage::External {
             let r = crate::onnx::external::ExternalRef::parse(e.tensor)?;
             files.push(model.external.resolve(&r.location)?);
         }
@@ -103,13 +150,15 @@ fn build_report(
     model: &Model,
     out: Option<&Path>,
     cfg: &Config,
-    plan: Plan,
-    counts: &[Zeroed],
+    plan: &mut Plan,
+    counts: &[Counts],
     before: u64,
     after: u64,
 ) -> Report {
+    let kept: Vec<_> = counts.iter().flat_map(|c| c.kept.iter().copied()).collect();
+    plan.settle(&kept);
     let tensors: Vec<TensorReport> = plan
-        .pruned
+        .weights
         .iter()
         .zip(counts)
         .map(|(p, z)| {
@@ -144,9 +193,9 @@ fn build_report(
         scope: cfg.scope.name().into(),
         beta: cfg.beta,
         format: "dense".into(),
-        groups: plan.groups,
+        groups: std::mem::take(&mut plan.groups),
         tensors,
-        skipped: plan.skipped,
+        skipped: std::mem::take(&mut plan.skipped),
         totals,
         validation: None,
         notes,

@@ -9,6 +9,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
 use prost::Message;
 
 use super::external::ExternalStore;
@@ -38,26 +39,31 @@ pub fn data_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-/// Writes `proto` to `out`. `store` resolves tensors that are still external; tensors whose
-/// id is in `external` (edited copies of external tensors) go to the data file too. `inputs`
-/// are files that must not be overwritten (the input model and its data files).
+/// Supplies, when the data file is written, the new payload of a tensor that is still marked
+/// external (`None`: copy the input's bytes). This lets edits of external tensors stream from
+/// the input map to the output file one tensor at a time.
+pub type Payload<'a> = dyn FnMut(usize) -> Result<Option<Bytes>> + 'a;
+
+/// Writes `proto` to `out`. `store` resolves tensors that are still external; `payload` may
+/// replace their bytes. `inputs` are files that must not be overwritten (the input model and
+/// its data files).
 pub fn save(
     mut proto: ModelProto,
     store: &ExternalStore,
-    external: &HashSet<usize>,
     out: &Path,
     inputs: &[PathBuf],
+    payload: &mut Payload,
 ) -> Result<Saved> {
     let data = data_path(out);
     refuse_inputs(out, &data, inputs)?;
-    let mut to_external = external.clone();
+    let mut to_external = HashSet::new();
     collect_external(&mut proto, &mut to_external)?;
     let for_size = plan_size_limit(&mut proto, &mut to_external)?;
     let mut guard = TempFiles::default();
     let mut saved = Saved { externalized_for_size: for_size, ..Default::default() };
     if !to_external.is_empty() {
         let tmp = guard.temp_for(&data);
-        saved.data_bytes = write_data_file(&mut proto, store, &to_external, &tmp, &data)?;
+        saved.data_bytes = write_data_file(&mut proto, store, &to_external, &tmp, &data, payload)?;
         saved.data_file = Some(data.clone());
     }
     let bytes = proto.encode_to_vec();
@@ -138,6 +144,7 @@ fn write_data_file(
     set: &HashSet<usize>,
     tmp: &Path,
     final_path: &Path,
+    payload: &mut Payload,
 ) -> Result<u64> {
     let location = final_path
         .file_name()
@@ -151,7 +158,10 @@ fn write_data_file(
         if !set.contains(&id) {
             return Ok(());
         }
-        let bytes = tensor::element_bytes(t, store).with_context(|| format!("tensor {:?}", t.name))?;
+        let bytes = match payload(id)? {
+            Some(b) => b,
+            None => tensor::element_bytes(t, store).with_context(|| format!("tensor {:?}", t.name))?,
+        };
         let pad = (ALIGN - offset % ALIGN) % ALIGN;
         w.write_all(&vec![0u8; pad as usize])?;
         offset += pad;

@@ -1,13 +1,17 @@
-//! The unstructured pass: find the prunable weights, score them, apply EMP per score vector
-//! (global, per tensor or per row) and return a keep-mask per weight plus what EMP decided.
-//! Writing the masks into the model is [`crate::rewrite`]'s job.
+//! The unstructured pass: find the prunable weights, decide with EMP how many entries of each
+//! score vector survive (global, per tensor or per row) and which — as a [`Cut`] per vector,
+//! never a stored mask — then apply the cuts weight by weight ([`apply`]).
+//!
+//! Scores are recomputed from the (memory-mapped) weights whenever a pass needs them, so
+//! planning holds at most a few tensors' scores at once, whatever the model size.
 
+pub mod apply;
 pub mod rows;
 pub mod scope;
 
 use anyhow::{Context, Result};
-use rayon::prelude::*;
 
+use crate::emp::{Cut, Sum};
 use crate::onnx::load::Model;
 use crate::onnx::walk::Index;
 use crate::score::{self, Criterion};
@@ -33,38 +37,63 @@ pub struct Group {
     /// `null` for an all-zero vector (left alone).
     pub n_eff: Option<f64>,
     pub keep: usize,
+    /// Share of the vector's L1 score mass kept (filled in when the cuts are applied).
     pub s_eff: f64,
     pub s_eff_bound: Option<f64>,
+    /// Total L1 score mass (to turn the kept mass into `s_eff`).
+    #[serde(skip)]
+    pub mass: f64,
 }
 
-/// One weight and which of its entries survive.
-#[derive(Debug)]
-pub struct Pruned {
+/// Which entries of one weight survive.
+#[derive(Clone, Debug)]
+pub enum WeightCut {
+    /// One cut for every entry; `group` is the index of its EMP group.
+    All { cut: Cut, group: usize },
+    /// One cut per row; row `r` belongs to group `first_group + r`.
+    Rows { cuts: Vec<Cut>, first_group: usize },
+}
+
+/// A weight and its cut.
+#[derive(Clone, Debug)]
+pub struct Planned {
     pub weight: Weight,
-    pub mask: Vec<bool>,
+    pub cut: WeightCut,
 }
 
 /// The result of planning a pass.
 #[derive(Debug, Default)]
 pub struct Plan {
     pub groups: Vec<Group>,
-    pub pruned: Vec<Pruned>,
+    pub weights: Vec<Planned>,
     pub skipped: Vec<Skipped>,
+    pub criterion: Option<Criterion>,
 }
 
-/// Scores every selected weight and applies EMP in the configured scope.
+impl Plan {
+    /// Records the kept score mass of applied weights into the groups' `s_eff`.
+    pub fn settle(&mut self, kept: &[(usize, Sum)]) {
+        let mut acc = vec![Sum::default(); self.groups.len()];
+        for &(g, s) in kept {
+            acc[g] = acc[g].merge(s);
+        }
+        for (g, k) in self.groups.iter_mut().zip(acc) {
+            g.s_eff = if g.mass > 0.0 { k.value() / g.mass } else { 1.0 };
+        }
+    }
+}
+
+/// Finds the prunable weights and decides every cut.
 pub fn plan(model: &Model, ix: &Index, cfg: &Config) -> Result<Plan> {
     let sel = weights::select(ix, &cfg.filter)?;
-    let scores: Vec<Vec<f32>> = sel
-        .weights
-        .par_iter()
-        .map(|w| score::score(model, ix, w, cfg.criterion).with_context(|| format!("scoring weight {:?}", w.name)))
-        .collect::<Result<_>>()?;
-    let (groups, masks) = match cfg.scope {
-        Scope::Global => scope::global(&scores, cfg.beta)?,
-        Scope::Tensor => scope::per_tensor(&sel.weights, &scores, cfg.beta)?,
-        Scope::Row => scope::per_row(&sel.weights, &scores, cfg.beta)?,
+    let scorer = |w: &Weight| -> Result<Vec<f32>> {
+        score::score(model, ix, w, cfg.criterion).with_context(|| format!("scoring weight {:?}", w.name))
     };
-    let pruned = sel.weights.into_iter().zip(masks).map(|(weight, mask)| Pruned { weight, mask }).collect();
-    Ok(Plan { groups, pruned, skipped: sel.skipped })
+    let (groups, cuts) = match cfg.scope {
+        Scope::Global => scope::global(&sel.weights, &scorer, cfg.beta)?,
+        Scope::Tensor => scope::per_tensor(&sel.weights, &scorer, cfg.beta)?,
+        Scope::Row => scope::per_row(&sel.weights, &scorer, cfg.beta)?,
+    };
+    let weights = sel.weights.into_iter().zip(cuts).map(|(weight, cut)| Planned { weight, cut }).collect();
+    Ok(Plan { groups, weights, skipped: sel.skipped, criterion: Some(cfg.criterion) })
 }

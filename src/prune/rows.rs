@@ -33,6 +33,19 @@ impl Rows {
         self.ids_general(n)
     }
 
+    /// The values of `flat` regrouped row after row (row `r` at `r*len..(r+1)*len`), each row
+    /// in flat order.
+    pub fn gather(&self, flat: &[f32]) -> Vec<f32> {
+        let mut by_row = vec![0f32; flat.len()];
+        let mut fill = vec![0usize; self.count];
+        for (i, r) in self.ids().into_iter().enumerate() {
+            let r = r as usize;
+            by_row[r * self.len + fill[r]] = flat[i];
+            fill[r] += 1;
+        }
+        by_row
+    }
+
     fn ids_general(&self, n: usize) -> Vec<u32> {
         let rank = self.shape.len();
         // Row-id stride of each unit axis (row-major over the unit axes).

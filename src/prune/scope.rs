@@ -1,13 +1,15 @@
-//! The three unstructured scopes: which entries form one EMP score vector.
-//! `global`: all prunable weights at once (the paper's MLP/CNN setting); `tensor`: each weight;
-//! `row`: each output unit of each weight (the paper's LLM setting).
+//! The three unstructured scopes: which entries form one EMP score vector, and the cut each
+//! vector gets. `global`: all prunable weights at once (the paper's MLP/CNN setting), found
+//! by streaming radix selection; `tensor`: each weight; `row`: each output unit of each weight
+//! (the paper's LLM setting).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 
 use super::rows::Rows;
-use super::Group;
-use crate::emp::{Cut, Decision, Mass, Sum};
+use super::{Group, WeightCut};
+use crate::emp::radix::{self, Histogram};
+use crate::emp::{Cut, Decision, Mass};
 use crate::weights::Weight;
 
 /// Which entries are compared with each other.
@@ -29,118 +31,117 @@ impl Scope {
     }
 }
 
-type Masks = Vec<Vec<bool>>;
+/// Computes a weight's scores on demand.
+pub type Scorer<'a> = dyn Fn(&Weight) -> Result<Vec<f32>> + Sync + 'a;
 
-fn group(name: String, d: &Decision, kept: Sum, mass: &Mass, beta: f64) -> Group {
-    let total = mass.l1.value();
-    Group {
-        name,
-        n: d.n,
-        n_eff: d.n_eff,
-        keep: d.keep,
-        s_eff: if total > 0.0 { kept.value() / total } else { 1.0 },
-        s_eff_bound: d.bound(beta),
-    }
+fn group(name: String, d: &Decision, mass: &Mass, beta: f64) -> Group {
+    Group { name, n: d.n, n_eff: d.n_eff, keep: d.keep, s_eff: 1.0, s_eff_bound: d.bound(beta), mass: mass.l1.value() }
 }
 
-fn cut_for(d: &Decision, parts: &[&[f32]]) -> Cut {
+fn cut_for(d: &Decision, scores: &[f32]) -> Cut {
     if d.n_eff.is_none() {
         Cut::ALL
     } else {
-        Cut::find_in_parts(parts, d.keep)
+        Cut::find(scores, d.keep)
     }
 }
 
-/// One vector over every weight; ties at the threshold go to the earliest weights first.
-pub fn global(scores: &[Vec<f32>], beta: f64) -> Result<(Vec<Group>, Masks)> {
-    let masses: Vec<Mass> = scores.par_iter().map(|s| Mass::of(s)).collect::<Result<_>>()?;
-    let mass = masses.into_iter().fold(Mass::default(), Mass::merge);
-    let d = Decision::new(&mass, beta);
-    let parts: Vec<&[f32]> = scores.iter().map(Vec::as_slice).collect();
-    let cut = cut_for(&d, &parts);
-    // Split the tie budget over weights in order, so each can be applied independently.
-    let tie_counts: Vec<usize> = scores.par_iter().map(|s| cut.tie_count(s)).collect();
-    let mut left = cut.ties;
-    let budgets: Vec<usize> = tie_counts
-        .iter()
-        .map(|&c| {
-            let b = c.min(left);
-            left -= b;
-            b
+/// One vector over every weight. Ties at the threshold go to the earliest weights first.
+pub fn global(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Group>, Vec<WeightCut>)> {
+    // Pass 1: mass and high-bits histogram.
+    let (mass, high) = weights
+        .par_iter()
+        .map(|w| {
+            let s = scorer(w)?;
+            let mut h = Histogram::default();
+            h.add_high(&s);
+            Ok::<_, anyhow::Error>((Mass::of(&s)?, h))
         })
-        .collect();
-    let applied: Vec<(Vec<bool>, Sum)> =
-        scores.par_iter().zip(budgets).map(|(s, ties)| apply(&Cut { value: cut.value, ties }, s)).collect();
-    let kept = applied.iter().fold(Sum::default(), |acc, (_, k)| acc.merge(*k));
-    let g = group("global".into(), &d, kept, &mass, beta);
-    Ok((vec![g], applied.into_iter().map(|(m, _)| m).collect()))
-}
-
-fn apply(cut: &Cut, s: &[f32]) -> (Vec<bool>, Sum) {
-    let mut mask = vec![false; s.len()];
-    let kept = cut.apply(s, &mut 0, |i, k| mask[i] = k);
-    (mask, kept)
+        .try_reduce(|| (Mass::default(), Histogram::default()), |a, b| Ok((a.0.merge(b.0), a.1.merge(b.1))))?;
+    let d = Decision::new(&mass, beta);
+    let g = group("global".into(), &d, &mass, beta);
+    if d.n_eff.is_none() || d.keep >= d.n {
+        return Ok((vec![g], weights.iter().map(|_| WeightCut::All { cut: Cut::ALL, group: 0 }).collect()));
+    }
+    // Pass 2: low-bits histogram of the threshold bin.
+    let mut failure = None;
+    let low_of = |hb: u32| {
+        weights
+            .par_iter()
+            .map(|w| {
+                let mut h = Histogram::default();
+                h.add_low(&scorer(w)?, hb);
+                Ok::<_, anyhow::Error>(h)
+            })
+            .try_reduce(Histogram::default, |a, b| Ok(a.merge(b)))
+            .unwrap_or_else(|e: anyhow::Error| {
+                failure = Some(e);
+                Histogram::default()
+            })
+    };
+    let (cut, equal) = radix::cut_from(&high, low_of, d.keep as u64);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    // Pass 3 (only when ties bind): split the tie budget over weights in order.
+    let budgets: Vec<usize> = if cut.ties as u64 >= equal {
+        vec![usize::MAX; weights.len()]
+    } else {
+        let counts: Vec<usize> = weights.par_iter().map(|w| Ok(cut.tie_count(&scorer(w)?))).collect::<Result<_>>()?;
+        let mut left = cut.ties;
+        counts
+            .iter()
+            .map(|&c| {
+                let b = c.min(left);
+                left -= b;
+                b
+            })
+            .collect()
+    };
+    let cuts =
+        budgets.into_iter().map(|ties| WeightCut::All { cut: Cut { value: cut.value, ties }, group: 0 }).collect();
+    Ok((vec![g], cuts))
 }
 
 /// One vector per weight.
-pub fn per_tensor(weights: &[Weight], scores: &[Vec<f32>], beta: f64) -> Result<(Vec<Group>, Masks)> {
-    let out: Vec<(Group, Vec<bool>)> = weights
+pub fn per_tensor(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Group>, Vec<WeightCut>)> {
+    let out: Vec<(Group, Cut)> = weights
         .par_iter()
-        .zip(scores)
-        .map(|(w, s)| {
-            let mass = Mass::of(s).with_context(|| format!("weight {:?}", w.name))?;
+        .map(|w| {
+            let s = scorer(w)?;
+            let mass = Mass::of(&s)?;
             let d = Decision::new(&mass, beta);
-            let (mask, kept) = apply(&cut_for(&d, &[s]), s);
-            Ok((group(w.name.clone(), &d, kept, &mass, beta), mask))
+            Ok((group(w.name.clone(), &d, &mass, beta), cut_for(&d, &s)))
         })
         .collect::<Result<_>>()?;
-    Ok(out.into_iter().unzip())
+    let (groups, cuts): (Vec<Group>, Vec<Cut>) = out.into_iter().unzip();
+    Ok((groups, cuts.into_iter().enumerate().map(|(i, cut)| WeightCut::All { cut, group: i }).collect()))
 }
 
 /// One vector per output unit of every weight.
-pub fn per_row(weights: &[Weight], scores: &[Vec<f32>], beta: f64) -> Result<(Vec<Group>, Masks)> {
-    let out: Vec<(Vec<Group>, Vec<bool>)> = weights
-        .par_iter()
-        .zip(scores)
-        .map(|(w, s)| rows_of_weight(w, s, beta).with_context(|| format!("weight {:?}", w.name)))
-        .collect::<Result<_>>()?;
-    let (groups, masks): (Vec<Vec<Group>>, Masks) = out.into_iter().unzip();
-    Ok((groups.into_iter().flatten().collect(), masks))
+pub fn per_row(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Group>, Vec<WeightCut>)> {
+    let out: Vec<(Vec<Group>, Vec<Cut>)> =
+        weights.par_iter().map(|w| rows_of_weight(w, &scorer(w)?, beta)).collect::<Result<_>>()?;
+    let mut groups = vec![];
+    let mut cuts = vec![];
+    for (g, c) in out {
+        cuts.push(WeightCut::Rows { cuts: c, first_group: groups.len() });
+        groups.extend(g);
+    }
+    Ok((groups, cuts))
 }
 
-fn rows_of_weight(w: &Weight, s: &[f32], beta: f64) -> Result<(Vec<Group>, Vec<bool>)> {
+fn rows_of_weight(w: &Weight, s: &[f32], beta: f64) -> Result<(Vec<Group>, Vec<Cut>)> {
     let rows = Rows::new(&w.shape, &w.unit_axes);
-    let ids = rows.ids();
-    // Gather each row's scores contiguously, in flat order within the row.
-    let mut by_row = vec![0f32; s.len()];
-    let mut fill = vec![0usize; rows.count];
-    for (i, &r) in ids.iter().enumerate() {
-        let r = r as usize;
-        by_row[r * rows.len + fill[r]] = s[i];
-        fill[r] += 1;
-    }
-    let decided: Vec<(Decision, Cut, Mass)> = by_row
+    let by_row = rows.gather(s);
+    let decided: Vec<(Group, Cut)> = by_row
         .par_chunks(rows.len.max(1))
-        .map(|row| {
+        .enumerate()
+        .map(|(r, row)| {
             let mass = Mass::of(row)?;
             let d = Decision::new(&mass, beta);
-            Ok((d, cut_for(&d, &[row]), mass))
+            Ok((group(format!("{}[row {r}]", w.name), &d, &mass, beta), cut_for(&d, row)))
         })
         .collect::<Result<_>>()?;
-    let mut mask = vec![false; s.len()];
-    let mut ties = vec![0usize; rows.count];
-    let mut kept = vec![Sum::default(); rows.count];
-    for (i, &r) in ids.iter().enumerate() {
-        let r = r as usize;
-        if decided[r].1.keeps(s[i], &mut ties[r]) {
-            mask[i] = true;
-            kept[r].add(s[i].abs() as f64);
-        }
-    }
-    let groups = decided
-        .iter()
-        .enumerate()
-        .map(|(r, (d, _, mass))| group(format!("{}[row {r}]", w.name), d, kept[r], mass, beta))
-        .collect();
-    Ok((groups, mask))
+    Ok(decided.into_iter().unzip())
 }

@@ -1,70 +1,60 @@
-//! Dense output: dropped entries become 0 in place, shapes and dtypes unchanged.
+//! Dense output: dropped entries become 0 in place, shapes and dtypes unchanged. Each weight
+//! is rewritten from its (memory-mapped) bytes and checked: kept entries bit-identical,
+//! dropped entries zero.
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use rayon::prelude::*;
 
-use super::Edits;
+use crate::emp::Sum;
 use crate::onnx::load::Model;
 use crate::onnx::tensor;
 use crate::onnx::walk::Index;
-use crate::prune::Pruned;
+use crate::prune::apply::for_each_entry;
+use crate::prune::Planned;
+use crate::score::{self, Criterion};
 
-/// Per-weight counts after zeroing.
-#[derive(Clone, Debug)]
-pub struct Zeroed {
+/// What rewriting one weight did.
+#[derive(Clone, Debug, Default)]
+pub struct Counts {
     pub nonzero_before: usize,
     pub nonzero_after: usize,
+    /// Kept score mass per EMP group index.
+    pub kept: Vec<(usize, Sum)>,
 }
 
-/// Zeroes every dropped entry; returns the edits and per-weight counts (same order as
-/// `pruned`).
-pub fn zero(model: &Model, ix: &Index, pruned: &[Pruned]) -> Result<(Edits, Vec<Zeroed>)> {
-    let done: Vec<(Bytes, Zeroed)> = pruned
-        .par_iter()
-        .map(|p| {
-            let t = ix.tensors[p.weight.id].tensor;
-            let bytes = tensor::element_bytes(t, &model.external)?;
-            zero_bytes(&bytes, p).with_context(|| format!("zeroing weight {:?}", p.weight.name))
-        })
-        .collect::<Result<_>>()?;
-    let mut edits = Edits::default();
-    let mut counts = vec![];
-    for (p, (data, z)) in pruned.iter().zip(done) {
-        edits.record(p.weight.id, p.weight.storage, data);
-        counts.push(z);
-    }
-    Ok((edits, counts))
+/// Rewrites one planned weight with its dropped entries zeroed: the new payload and counts.
+pub fn zero(model: &Model, ix: &Index, p: &Planned, criterion: Criterion) -> Result<(Bytes, Counts)> {
+    let t = ix.tensors[p.weight.id].tensor;
+    let src = tensor::element_bytes(t, &model.external)?;
+    let scores = score::score(model, ix, &p.weight, criterion)?;
+    zero_bytes(&src, p, &scores).with_context(|| format!("zeroing weight {:?}", p.weight.name))
 }
 
-fn zero_bytes(src: &[u8], p: &Pruned) -> Result<(Bytes, Zeroed)> {
-    let size = p.weight.dtype.size();
-    if src.len() != p.mask.len() * size {
-        bail!("mask has {} entries for {} bytes of {}", p.mask.len(), src.len(), p.weight.dtype.name());
-    }
-    let mut out = src.to_vec();
-    for (i, &keep) in p.mask.iter().enumerate() {
-        if !keep {
-            out[i * size..(i + 1) * size].fill(0);
-        }
-    }
-    let z = check(src, &out, p)?;
-    Ok((Bytes::from(out), z))
-}
-
-/// After-check: kept entries are bit-identical, dropped entries read as 0.
-fn check(before: &[u8], after: &[u8], p: &Pruned) -> Result<Zeroed> {
+fn zero_bytes(src: &[u8], p: &Planned, scores: &[f32]) -> Result<(Bytes, Counts)> {
     let ft = p.weight.dtype;
     let size = ft.size();
-    let (mut nz_before, mut nz_after) = (0, 0);
-    for (i, &keep) in p.mask.iter().enumerate() {
-        let (b, a) = (&before[i * size..(i + 1) * size], &after[i * size..(i + 1) * size]);
-        let (vb, va) = (ft.read_f64(before, i), ft.read_f64(after, i));
-        nz_before += (vb != 0.0) as usize;
-        nz_after += (va != 0.0) as usize;
-        if (keep && a != b) || (!keep && va != 0.0) {
-            bail!("internal error: entry {i} was not rewritten as planned");
-        }
+    if src.len() != scores.len() * size {
+        bail!("{} scores for {} bytes of {}", scores.len(), src.len(), ft.name());
     }
-    Ok(Zeroed { nonzero_before: nz_before, nonzero_after: nz_after })
+    let mut out = src.to_vec();
+    let (mut nz_before, mut nz_after) = (0usize, 0usize);
+    let mut broken = None;
+    let kept = for_each_entry(p, scores, |i, keep| {
+        let range = i * size..(i + 1) * size;
+        let nonzero = ft.read_f64(src, i) != 0.0;
+        nz_before += nonzero as usize;
+        if keep {
+            nz_after += nonzero as usize;
+        } else {
+            out[range.clone()].fill(0);
+        }
+        // After-check of this entry: kept ⇒ bit-identical, dropped ⇒ reads as zero.
+        if (keep && out[range.clone()] != src[range.clone()]) || (!keep && ft.read_f64(&out, i) != 0.0) {
+            broken.get_or_insert(i);
+        }
+    });
+    if let Some(i) = broken {
+        bail!("internal error: entry {i} was not rewritten as planned");
+    }
+    Ok((Bytes::from(out), Counts { nonzero_before: nz_before, nonzero_after: nz_after, kept }))
 }

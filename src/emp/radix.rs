@@ -1,0 +1,112 @@
+//! Exact top-ν threshold over score vectors too large to copy: a two-level radix selection on
+//! the bits of non-negative f32 scores (whose bit patterns sort like their values).
+//!
+//! Pass 1 histograms the high 16 bits of every score, which fixes the bin holding the ν-th
+//! largest; pass 2 histograms the low 16 bits of the scores in that bin, which fixes the value
+//! exactly. Memory is two 65,536-entry tables whatever N is; every pass streams.
+
+use super::Cut;
+
+const BINS: usize = 1 << 16;
+
+/// A histogram over the high or low 16 bits of scores.
+#[derive(Clone)]
+pub struct Histogram(Vec<u64>);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram(vec![0; BINS])
+    }
+}
+
+impl Histogram {
+    /// Pass 1: counts the high 16 bits of `|s|`.
+    pub fn add_high(&mut self, scores: &[f32]) {
+        for s in scores {
+            self.0[(s.abs().to_bits() >> 16) as usize] += 1;
+        }
+    }
+
+    /// Pass 2: counts the low 16 bits of the scores whose high bits are `high`.
+    pub fn add_low(&mut self, scores: &[f32], high: u32) {
+        for s in scores {
+            let b = s.abs().to_bits();
+            if b >> 16 == high {
+                self.0[(b & 0xffff) as usize] += 1;
+            }
+        }
+    }
+
+    pub fn merge(mut self, o: Histogram) -> Histogram {
+        self.0.iter_mut().zip(o.0).for_each(|(a, b)| *a += b);
+        self
+    }
+
+    /// Walking down from the top bin, the bin holding the `k`-th largest (1-based) and how many
+    /// entries lie in higher bins.
+    pub fn locate(&self, k: u64) -> (u32, u64) {
+        let mut above = 0u64;
+        for bin in (0..BINS).rev() {
+            let c = self.0[bin];
+            if above + c >= k {
+                return (bin as u32, above);
+            }
+            above += c;
+        }
+        (0, above)
+    }
+
+    pub fn count(&self, bin: u32) -> u64 {
+        self.0[bin as usize]
+    }
+}
+
+/// The exact cut keeping `keep` entries, given the two histograms. Returns the cut and how
+/// many entries equal its value (to tell whether the tie budget binds).
+pub fn cut_from(high: &Histogram, low_of: impl FnOnce(u32) -> Histogram, keep: u64) -> (Cut, u64) {
+    let (hb, above_hi) = high.locate(keep);
+    let low = low_of(hb);
+    let (lb, above_lo) = low.locate(keep - above_hi);
+    let value = f32::from_bits((hb << 16) | lb);
+    let greater = above_hi + above_lo;
+    (Cut { value, ties: (keep - greater) as usize }, low.count(lb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn radix_cut(parts: &[Vec<f32>], keep: usize) -> Cut {
+        let high = parts.iter().fold(Histogram::default(), |mut h, p| {
+            h.add_high(p);
+            h
+        });
+        let low_of = |hb| {
+            parts.iter().fold(Histogram::default(), |mut h, p| {
+                h.add_low(p, hb);
+                h
+            })
+        };
+        cut_from(&high, low_of, keep as u64).0
+    }
+
+    #[test]
+    fn matches_the_in_memory_selection() {
+        let mut rng = Rng::new(3);
+        let parts: Vec<Vec<f32>> = (0..5).map(|i| (0..1000 + i * 37).map(|_| rng.normal() as f32).collect()).collect();
+        let refs: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
+        for keep in [1usize, 2, 17, 999, 2500, 5000] {
+            assert_eq!(radix_cut(&parts, keep), Cut::find_in_parts(&refs, keep), "keep={keep}");
+        }
+    }
+
+    #[test]
+    fn handles_heavy_ties() {
+        let parts = vec![vec![1.0f32; 10], vec![0.5; 5], vec![1.0; 3]];
+        let c = radix_cut(&parts, 12);
+        assert_eq!(c, Cut { value: 1.0, ties: 12 });
+        let c = radix_cut(&parts, 15);
+        assert_eq!(c, Cut { value: 0.5, ties: 2 });
+    }
+}
