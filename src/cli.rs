@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use regex::Regex;
 
 use crate::prune::{Config, Scope};
+use crate::score::calib::Calibration;
 use crate::score::Criterion;
+use crate::structure::plan::StructConfig;
+use crate::structure::score::Norm;
+use crate::structure::Level;
 use crate::validate::{InputSpec, Options, DEFAULT_MIN_COSINE};
 use crate::weights::{slots, Filter};
 
@@ -17,6 +21,9 @@ use crate::weights::{slots, Filter};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// No progress bar on stderr (it is drawn only on a terminal anyway).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -37,9 +44,14 @@ pub enum Command {
         output: PathBuf,
         #[command(flatten)]
         prune: PruneArgs,
-        /// Output format: `dense` zeroes pruned entries in place.
-        #[arg(long, default_value = "dense", value_parser = ["dense"])]
+        /// Output format: `dense` zeroes pruned entries in place; `sparse` also stores each
+        /// pruned weight as an ONNX sparse_initializer where that is smaller.
+        #[arg(long, default_value = "dense", value_parser = ["dense", "sparse"])]
         format: String,
+        /// When validation fails, find the weights responsible (bisection), restore them dense
+        /// and report them (for fixed transforms that look like weights).
+        #[arg(long)]
+        guard: bool,
         /// Skip the tract comparison.
         #[arg(long)]
         no_validate: bool,
@@ -57,17 +69,34 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// Compare two models: nodes, tensors (non-zeros, sparsity, N_eff), params, MACs, sizes.
+    /// Exit status 0 when equivalent, 1 when they differ, 2 on error.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// Show every tensor row in the text output, not only the changed ones.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct PruneArgs {
-    /// Importance score of each weight entry.
-    #[arg(long, value_enum, default_value_t = Criterion::Magnitude)]
-    pub criterion: Criterion,
-    /// Which entries form one EMP score vector: all prunable weights (global), each weight
-    /// (tensor), or each output unit of each weight (row).
-    #[arg(long, value_enum, default_value_t = Scope::Global)]
-    pub scope: Scope,
+    /// Importance score: of each weight entry (magnitude [default]), or of each structure with
+    /// --level (l2 [default], l1).
+    #[arg(long, value_enum)]
+    pub criterion: Option<Criterion>,
+    /// Which entries form one EMP score vector: all prunable weights (global [default]), each
+    /// weight (tensor), each output unit of each weight (row); with --level: each coupled group
+    /// of structures (layer [default]) or all structures of the model (global).
+    #[arg(long, value_enum)]
+    pub scope: Option<Scope>,
+    /// Remove whole structures instead of zeroing weights: conv channels and MLP neurons
+    /// (channel) or attention heads (head). Writes a smaller dense model.
+    #[arg(long, value_enum)]
+    pub level: Option<Level>,
     /// Keep floor(beta * N_eff) entries per score vector (the paper recommends 1).
     #[arg(long, default_value_t = 1.0)]
     pub beta: f64,
@@ -80,6 +109,10 @@ pub struct PruneArgs {
     /// Op types whose weight inputs are prunable (comma-separated). Also available: LSTM, GRU, RNN.
     #[arg(long, value_delimiter = ',', default_values_t = slots::DEFAULT_OPS.iter().map(|s| s.to_string()))]
     pub ops: Vec<String>,
+    /// Calibration data for --criterion wanda: NAME=FILE.npy, NAME=FILE.npz, or FILE.npz with
+    /// one array per input (samples along axis 0; repeatable).
+    #[arg(long = "calib", value_name = "NAME=FILE")]
+    pub calib: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -129,16 +162,61 @@ impl PruneArgs {
         if let Some(bad) = self.ops.iter().find(|o| !known.contains(&o.as_str())) {
             bail!("--ops: {bad:?} has no prunable weight slot (known: {})", known.join(", "));
         }
+        let criterion = self.criterion.unwrap_or(Criterion::Magnitude);
+        let calib = self.calibration(criterion)?;
         Ok(Config {
-            criterion: self.criterion,
-            scope: self.scope,
+            criterion,
+            // Wanda's setting in the paper (LLMs) is per output row.
+            scope: self.scope.unwrap_or(if criterion == Criterion::Wanda { Scope::Row } else { Scope::Global }),
             beta: self.beta,
             filter: Filter {
                 ops: self.ops.clone(),
                 include: regexes(&self.include)?,
                 exclude: regexes(&self.exclude)?,
             },
+            calib,
         })
+    }
+
+    /// `--calib` files, required by (and only used with) `--criterion wanda`.
+    fn calibration(&self, criterion: Criterion) -> Result<Calibration> {
+        let files: Vec<(Option<String>, PathBuf)> = self
+            .calib
+            .iter()
+            .map(|s| match s.split_once('=') {
+                Some((n, f)) => (Some(n.to_string()), PathBuf::from(f)),
+                None => (None, PathBuf::from(s)),
+            })
+            .collect();
+        match (criterion == Criterion::Wanda, files.is_empty()) {
+            (true, true) => bail!(
+                "--criterion wanda needs calibration data: --calib NAME=FILE.npy (or FILE.npz); \
+                 activation statistics of random inputs are meaningless"
+            ),
+            (false, false) => bail!("--calib is only used by --criterion wanda"),
+            _ => Ok(Calibration { files }),
+        }
+    }
+}
+
+impl PruneArgs {
+    /// The structured-pruning config when `--level` is given.
+    pub fn structured(&self) -> Result<Option<StructConfig>> {
+        let Some(level) = self.level else { return Ok(None) };
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            bail!("--beta must be a positive number, got {}", self.beta);
+        }
+        let norm = match self.criterion.unwrap_or(Criterion::L2) {
+            Criterion::L2 => Norm::L2,
+            Criterion::L1 => Norm::L1,
+            other => bail!("--level scores structures with --criterion l2 or l1, not {}", other.name()),
+        };
+        let global = match self.scope.unwrap_or(Scope::Layer) {
+            Scope::Layer => false,
+            Scope::Global => true,
+            other => bail!("--level takes --scope layer or global, not {}", other.name()),
+        };
+        Ok(Some(StructConfig { level, norm, global, beta: self.beta }))
     }
 }
 

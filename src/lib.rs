@@ -7,20 +7,24 @@
 //! [`emp`] rule — keep the `⌊β·N_eff⌋` largest — to each group; [`rewrite`] zeroes the dropped
 //! entries and checks the result; [`onnx::save`] writes the model atomically, never over its
 //! input; [`validate`] runs original and pruned with tract on the same inputs; [`report`]
-//! renders what happened as text or JSON.
+//! renders what happened as text or JSON. [`diff`] compares any two models (`emprune diff`).
 
 pub mod cli;
+pub mod diff;
 pub mod emp;
+pub mod guard;
 pub mod onnx;
 pub mod pipeline;
+pub mod progress;
 pub mod prune;
 pub mod report;
 pub mod rewrite;
 pub mod rng;
 pub mod score;
+pub mod structure;
 pub mod validate;
 pub mod weights;
 
 pub use emp::{Cut, Decision, Mass};
 pub use onnx::Model;
-pub use pipeline::{inspect, prune_file, validate_files, Outcome};
+pub use pipeline::{inspect, prune_file, prune_file_with, validate_files, Outcome, Output};

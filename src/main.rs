@@ -1,5 +1,5 @@
 //! The `emprune` binary: parse arguments, run the job, print the report, map the result to an
-//! exit status (0 ok, 1 validation failed, 2 error). Errors are one line on stderr.
+//! exit status (0 ok, 1 validation failed or `diff` found differences, 2 error). Errors are one line on stderr.
 
 use std::process::ExitCode;
 
@@ -10,6 +10,7 @@ use emprune::report::text;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    emprune::progress::set_quiet(cli.quiet);
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -24,14 +25,22 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<bool> {
     match cli.command {
         Command::Inspect { model, prune, out } => {
-            let report = emprune::inspect(&model, &prune.config()?)?;
+            let report = match prune.structured()? {
+                Some(sc) => emprune::structure::job::inspect(&model, &sc)?,
+                None => emprune::inspect(&model, &prune.config()?)?,
+            };
             emit(&out, &report, || text::render(&report))?;
             Ok(true)
         }
-        Command::Prune { model, output, prune, format: _, no_validate, validate, out } => {
-            let cfg = prune.config()?;
+        Command::Prune { model, output, prune, format, guard, no_validate, validate, out } => {
             let opts = validate.options()?;
-            let outcome = emprune::prune_file(&model, &output, &cfg, (!no_validate).then_some(&opts))?;
+            let outcome = match prune.structured()? {
+                Some(sc) => emprune::structure::job::prune(&model, &output, &sc, (!no_validate).then_some(&opts))?,
+                None => {
+                    let how = emprune::Output { sparse: format == "sparse", guard };
+                    emprune::prune_file_with(&model, &output, &prune.config()?, (!no_validate).then_some(&opts), &how)?
+                }
+            };
             emit(&out, &outcome.report, || text::render(&outcome.report))?;
             if !outcome.passed {
                 eprintln!("emprune: validation failed; the pruned model was written to {} anyway", output.display());
@@ -42,6 +51,11 @@ fn run(cli: Cli) -> Result<bool> {
             let report = emprune::validate_files(&original, &pruned, &validate.options()?)?;
             emit(&out, &report, || text::render_validate(&report))?;
             Ok(report.validation.passed)
+        }
+        Command::Diff { a, b, all, out } => {
+            let report = emprune::diff::diff(&a, &b)?;
+            emit(&out, &report, || emprune::diff::text::render(&report, all))?;
+            Ok(report.equivalent)
         }
     }
 }

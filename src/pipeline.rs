@@ -1,5 +1,6 @@
 //! The three jobs end to end — inspect, prune, validate — as library calls the CLI wraps.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -14,6 +15,7 @@ use crate::onnx::tensor::{self, Storage};
 use crate::onnx::walk::{visit_tensors_mut, Index};
 use crate::prune::{self, Config, Plan};
 use crate::report::{self, Report, TensorReport, Totals, ValidateReport};
+use crate::rewrite::stream::Prefetch;
 use crate::rewrite::zero::{self, Counts};
 use crate::validate::{self, Options};
 
@@ -41,24 +43,77 @@ pub fn inspect(path: &Path, cfg: &Config) -> Result<Report> {
 /// Inline weights are rewritten in parallel; external ones stream from the input's data file
 /// to the output's, one tensor at a time.
 pub fn prune_file(path: &Path, out: &Path, cfg: &Config, validation: Option<&Options>) -> Result<Outcome> {
+    prune_file_with(path, out, cfg, validation, &Output::default())
+}
+
+/// How [`prune_file_with`] writes and checks its output, beyond [`prune_file`]'s defaults.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    /// `--format sparse`: weights whose sparse encoding is smaller become `SparseTensorProto`s.
+    pub sparse: bool,
+    /// `--guard`: when validation fails, restore the responsible weights dense (needs validation).
+    pub guard: bool,
+}
+
+/// [`prune_file`] with an output format and the validation guard.
+pub fn prune_file_with(
+    path: &Path,
+    out: &Path,
+    cfg: &Config,
+    validation: Option<&Options>,
+    how: &Output,
+) -> Result<Outcome> {
     let model = Model::load(path)?;
     let ix = Index::build(&model.proto);
+    let spinner = crate::progress::spinner("planning");
     let mut plan = prune::plan(&model, &ix, cfg)?;
+    spinner.finish_and_clear();
+    let guard = match (how.guard, validation) {
+        (true, Some(opts)) => Some(crate::guard::run(&model, &ix, &mut plan, cfg.criterion, opts)?),
+        (true, None) => anyhow::bail!("--guard needs validation (drop --no-validate)"),
+        (false, _) => None,
+    };
     let mut counts: Vec<Option<Counts>> = vec![None; plan.weights.len()];
     let mut proto = model.proto.clone();
-    rewrite_inline(&model, &ix, &plan, cfg, &mut proto, &mut counts)?;
+    // Dense output streams main-graph initializers (see `streamed`); the rest is rewritten here.
+    let lazy = if how.sparse { vec![false; plan.weights.len()] } else { streamed(&ix, &plan) };
+    rewrite_inline(&model, &ix, &plan, cfg, &mut proto, &mut counts, &lazy)?;
     let by_id: HashMap<usize, usize> = plan.weights.iter().enumerate().map(|(i, p)| (p.weight.id, i)).collect();
+    let converted = match how.sparse {
+        true => Some(sparsify(&model, &ix, &plan, cfg, &by_id, &mut proto, &mut counts)?),
+        false => None,
+    };
     let inputs = protected_inputs(&model)?;
-    let saved = save::save(proto, &model.external, out, &inputs, &mut |id| {
+    let zero_one = |i: usize| zero::zero(&model, &ix, &plan.weights[i], cfg.criterion);
+    let prefetch = RefCell::new(Prefetch::new(stream_order(&plan, &lazy), |id: usize| zero_one(by_id[&id])));
+    let counts = RefCell::new(counts);
+    let weight_bytes = plan.weights.iter().map(|p| (p.weight.numel() * p.weight.dtype.size()) as u64).sum();
+    let bar = crate::progress::bytes(weight_bytes, "pruning");
+    let fetch = |id: usize| -> Result<Option<Bytes>> {
         let Some(&i) = by_id.get(&id) else { return Ok(None) };
-        let (data, c) = zero::zero(&model, &ix, &plan.weights[i], cfg.criterion)?;
-        counts[i] = Some(c);
+        bar.inc((plan.weights[i].weight.numel() * plan.weights[i].weight.dtype.size()) as u64);
+        let (data, c) = match prefetch.borrow_mut().take(id)? {
+            Some(done) => done,
+            None => zero_one(i)?,
+        };
+        counts.borrow_mut()[i] = Some(c);
         Ok(Some(data))
-    })?;
-    let counts: Vec<Counts> = counts.into_iter().map(Option::unwrap_or_default).collect();
+    };
+    let mut external = |id: usize| fetch(converted.as_ref().map_or(id, |c| c.remap[id]));
+    let mut inline = |id: usize| if lazy_id(&plan, &lazy, &by_id, id) { fetch(id) } else { Ok(None) };
+    let saved = save::save_streaming(proto, &model.external, out, &inputs, &mut external, &mut inline)?;
+    bar.finish_and_clear();
+    let counts: Vec<Counts> = counts.into_inner().into_iter().map(Option::unwrap_or_default).collect();
     let before = input_bytes(&model);
     let after = saved.model_bytes + saved.data_bytes;
     let mut report = build_report("prune", &model, Some(out), cfg, &mut plan, &counts, before, after);
+    if let Some(c) = &converted {
+        record_formats(&mut report, &plan, c);
+    }
+    if guard.as_ref().is_some_and(|g| !g.restored.is_empty()) {
+        report.notes.push("guard: the EMP groups show the planned cut; restored weights were written whole".into());
+    }
+    report.guard = guard;
     if saved.externalized_for_size > 0 {
         report
             .notes
@@ -74,7 +129,35 @@ pub fn prune_file(path: &Path, out: &Path, cfg: &Config, validation: Option<&Opt
     Ok(Outcome { report, passed })
 }
 
-/// Zeroes every inline weight (in parallel) and writes the result into `proto`.
+/// Which planned weights the writer rewrites on the fly (dense output): main-graph
+/// initializers stored in `raw_data`, whose rewritten bytes keep their size. Constant values,
+/// subgraph tensors and typed fields are rewritten up front by [`rewrite_inline`].
+fn streamed(ix: &Index, plan: &Plan) -> Vec<bool> {
+    plan.weights
+        .iter()
+        .map(|p| {
+            let e = &ix.tensors[p.weight.id];
+            e.graph == 0 && e.site == crate::onnx::walk::Site::Initializer && p.weight.storage == Storage::Raw
+        })
+        .collect()
+}
+
+/// Whether tensor `id` is a weight the writer streams.
+fn lazy_id(plan: &Plan, lazy: &[bool], by_id: &HashMap<usize, usize>, id: usize) -> bool {
+    by_id.get(&id).is_some_and(|&i| lazy[i] && plan.weights[i].weight.storage == Storage::Raw)
+}
+
+/// The order the writer asks for rewritten tensors: external ones (data file), then streamed
+/// inline ones (model file), each with its size for the prefetch budget.
+fn stream_order(plan: &Plan, lazy: &[bool]) -> Vec<Vec<(usize, u64)>> {
+    let entry = |p: &crate::prune::Planned| (p.weight.id, (p.weight.numel() * p.weight.dtype.size()) as u64);
+    let external = plan.weights.iter().filter(|p| p.weight.storage == Storage::External).map(entry).collect();
+    let inline = plan.weights.iter().zip(lazy).filter(|(_, &l)| l).map(|(p, _)| entry(p)).collect();
+    vec![external, inline]
+}
+
+/// Zeroes every inline weight not streamed by the writer (in parallel) and writes the result
+/// into `proto`.
 fn rewrite_inline(
     model: &Model,
     ix: &Index,
@@ -82,12 +165,13 @@ fn rewrite_inline(
     cfg: &Config,
     proto: &mut ModelProto,
     counts: &mut [Option<Counts>],
+    lazy: &[bool],
 ) -> Result<()> {
     let done: Vec<(usize, Bytes, Counts)> = plan
         .weights
         .par_iter()
         .enumerate()
-        .filter(|(_, p)| p.weight.storage != Storage::External)
+        .filter(|(i, p)| p.weight.storage != Storage::External && !lazy[*i])
         .map(|(i, p)| zero::zero(model, ix, p, cfg.criterion).map(|(b, c)| (i, b, c)))
         .collect::<Result<_>>()?;
     let mut data: HashMap<usize, Bytes> = HashMap::new();
@@ -101,6 +185,45 @@ fn rewrite_inline(
         }
         Ok(())
     })
+}
+
+/// Converts the planned weights to sparse tensors where that is smaller (after the dense
+/// edits, before saving). External weights are zeroed here, one at a time.
+#[allow(clippy::too_many_arguments)]
+fn sparsify(
+    model: &Model,
+    ix: &Index,
+    plan: &Plan,
+    cfg: &Config,
+    by_id: &HashMap<usize, usize>,
+    proto: &mut ModelProto,
+    counts: &mut [Option<Counts>],
+) -> Result<crate::rewrite::sparse::Converted> {
+    crate::rewrite::sparse::sparsify(proto, &mut |id, t| {
+        let Some(&i) = by_id.get(&id) else { return Ok(None) };
+        if plan.weights[i].weight.storage != Storage::External {
+            return Ok(Some(tensor::element_bytes(t, &model.external)?));
+        }
+        let (data, c) = zero::zero(model, ix, &plan.weights[i], cfg.criterion)?;
+        counts[i] = Some(c);
+        Ok(Some(data))
+    })
+}
+
+/// Fills in each weight's written format and the bytes the sparse form saved.
+fn record_formats(report: &mut Report, plan: &Plan, c: &crate::rewrite::sparse::Converted) {
+    for (t, p) in report.tensors.iter_mut().zip(&plan.weights) {
+        let Some(o) = c.outcomes.get(&p.weight.id) else { continue };
+        if o.sparse {
+            t.format = "sparse".into();
+            t.bytes_saved = o.bytes_saved;
+        }
+        if let Some(n) = &o.note {
+            report.notes.push(n.clone());
+        }
+    }
+    report.format = "sparse".into();
+    report.totals = Totals::from_tensors(&report.tensors, report.totals.bytes_before, report.totals.bytes_after);
 }
 
 /// Compares two model files.
@@ -118,7 +241,7 @@ pub fn validate_files(a: &Path, b: &Path, opts: &Options) -> Result<ValidateRepo
 }
 
 /// The input model file and every data file it references (none of them may be overwritten).
-fn protected_inputs(model: &Model) -> Result<Vec<std::path::PathBuf>> {
+pub fn protected_inputs(model: &Model) -> Result<Vec<std::path::PathBuf>> {
     let ix = Index::build(&model.proto);
     let mut files = vec![model.path.clone()];
     for e in &ix.tensors {
@@ -133,7 +256,7 @@ fn protected_inputs(model: &Model) -> Result<Vec<std::path::PathBuf>> {
 }
 
 /// Model file plus the external data files it references.
-fn input_bytes(model: &Model) -> u64 {
+pub fn input_bytes(model: &Model) -> u64 {
     let data: u64 = protected_inputs(model)
         .unwrap_or_default()
         .iter()
@@ -175,6 +298,8 @@ fn build_report(
                 nonzero_before: z.nonzero_before,
                 kept: z.nonzero_after,
                 sparsity: report::sparsity(z.nonzero_after, w.numel()),
+                format: "dense".into(),
+                bytes_saved: 0,
             }
         })
         .collect();
@@ -198,6 +323,9 @@ fn build_report(
         skipped: std::mem::take(&mut plan.skipped),
         totals,
         validation: None,
+        guard: None,
         notes,
+        level: None,
+        structures: vec![],
     }
 }

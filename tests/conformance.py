@@ -14,6 +14,11 @@ tools independent of emprune:
     or 0, and no other tensor of the model changed;
 (d) the input model and its external data files are byte-for-byte unchanged.
 
+Every model is also pruned with ``--format sparse --beta 0.5`` (``run_sparse_case``):
+onnxruntime must load the sparse output and give exactly the dense-format output's
+results, and every sparse tensor must densify to the dense output's tensor bit for bit.
+Models listed in ``GUARDED`` (a fixed transform that must not be pruned) run with ``--guard``.
+
 Models whose single input matches a bundled test array (``models/digits_test_x*.npy``)
 are validated on those 540 real samples; any other model on emprune's seeded random
 inputs. Prints one line per case and ends with ``N passed, M failed``; exits non-zero
@@ -131,9 +136,9 @@ def real_inputs(model_path):
 # ----------------------------------------------------------------------------- checks
 
 
-def run_emprune(binary, model, out, io_dir, scope):
+def run_emprune(binary, model, out, io_dir, scope, extra=()):
     cmd = [str(binary), "prune", str(model), "-o", str(out), "--scope", scope,
-           "--save-io", str(io_dir), "--json", *real_inputs(model)]
+           "--save-io", str(io_dir), "--json", *real_inputs(model), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
@@ -242,12 +247,117 @@ def run_case(binary, model, scope, tmp):
     """Runs every check on one model×scope; returns (sparsity, max |ORT−tract|)."""
     hashes = {p: sha256(p) for p in input_files(model)}
     out, io_dir = tmp / f"{model.stem}.{scope}.onnx", tmp / f"{model.stem}.{scope}.io"
-    report = run_emprune(binary, model, out, io_dir, scope)
+    report = run_emprune(binary, model, out, io_dir, scope, guard_flags(model))
     check_onnx(out)
     worst = check_ort(out, io_dir, report)
     check_tensors(onnx.load(str(model)), onnx.load(str(out)), report)
     check_unchanged(hashes)
     return report["totals"]["sparsity"], worst
+
+
+# Models holding a fixed, weight-shaped transform (not trained): pruning it fails validation
+# by design, so they are pruned with --guard, which restores it.
+GUARDED = ("digits_dct",)
+
+
+def guard_flags(model):
+    return ("--guard",) if model.stem in GUARDED else ()
+
+
+def sparse_tensors_dense(graph, path="main"):
+    """{(graph path, name): dense ndarray} of every sparse initializer / sparse Constant."""
+    out = {}
+    for s in graph.sparse_initializer:
+        out[(path, s.values.name)] = densify(s)
+    for i, node in enumerate(graph.node):
+        for a in node.attribute:
+            if a.name == "sparse_value" and a.HasField("sparse_tensor"):
+                out[(path, node.output[0])] = densify(a.sparse_tensor)
+            subs = [(a.name, a.g)] if a.HasField("g") else []
+            subs += [(f"{a.name}[{k}]", g) for k, g in enumerate(a.graphs)]
+            for attr, g in subs:
+                out.update(sparse_tensors_dense(g, f"{path}/{node_label(node, i)}.{attr}"))
+    return out
+
+
+def densify(s):
+    """Dense array of a SparseTensorProto with INT64 linear indices [NNZ] (ascending)."""
+    values, indices = numpy_helper.to_array(s.values), numpy_helper.to_array(s.indices)
+    if s.indices.data_type != onnx.TensorProto.INT64 or indices.ndim != 1:
+        raise CaseError(f"{s.values.name}: indices are not INT64 [NNZ]")
+    if np.any(np.diff(indices) <= 0):
+        raise CaseError(f"{s.values.name}: indices are not strictly ascending")
+    dense = np.zeros(int(np.prod(s.dims)), dtype=values.dtype)
+    dense[indices] = values
+    return dense.reshape(tuple(s.dims))
+
+
+def run_sparse_case(binary, model, tmp):
+    """`--format sparse --beta 0.5`: onnxruntime loads and runs the sparse output with the
+    same outputs as the dense-format output and as tract; every sparse tensor densifies to
+    the dense output's tensor bit for bit; the reported sparse tensors are the ones on disk.
+    (onnx.checker's full check does not accept sparse initializers: the plain check runs.)
+    Returns (sparse tensors, bytes saved, max |ORT sparse − ORT dense|)."""
+    hashes = {p: sha256(p) for p in input_files(model)}
+    extra = ("--beta", "0.5", "--min-cosine", "0", *guard_flags(model))
+    dense, dense_io = tmp / f"{model.stem}.dense.onnx", tmp / f"{model.stem}.dense.io"
+    sparse, sparse_io = tmp / f"{model.stem}.sparse.onnx", tmp / f"{model.stem}.sparse.io"
+    run_emprune(binary, model, dense, dense_io, "global", extra)
+    report = run_emprune(binary, model, sparse, sparse_io, "global", (*extra, "--format", "sparse"))
+    onnx.checker.check_model(onnx.load(str(sparse)))
+    check_ort(sparse, sparse_io, report)
+    io = json.loads((sparse_io / "io.json").read_text())
+    worst = 0.0
+    for i in range(sum(1 for k in io if k.startswith("output_"))):
+        a = np.load(sparse_io / f"pruned_output_{i}.npy").astype(np.float64)
+        b = np.load(dense_io / f"pruned_output_{i}.npy").astype(np.float64)
+        worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)))
+    feeds_dtype = {i.name: ort_numpy_dtype(i.type) for i in ort.InferenceSession(str(dense)).get_inputs()}
+    feeds = {n: np.load(sparse_io / f"{k}.npy").astype(feeds_dtype[n]) for k, n in io.items() if k.startswith("input_")}
+    got = ort.InferenceSession(str(sparse), providers=["CPUExecutionProvider"]).run(None, feeds)
+    want = ort.InferenceSession(str(dense), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for g, w in zip(got, want):
+        if not np.array_equal(g, w):
+            raise CaseError(f"ORT sparse vs dense output differs by {np.max(np.abs(g.astype(np.float64) - w)):.3e}")
+    on_disk = sparse_tensors_dense(onnx.load(str(sparse)).graph)
+    dense_tensors = all_tensors(onnx.load(str(dense)).graph)
+    for key, arr in on_disk.items():
+        ref = numpy_helper.to_array(dense_tensors[key])
+        if arr.shape != ref.shape or not np.array_equal(bits(arr.astype(ref.dtype)), bits(ref)):
+            raise CaseError(f"sparse {key} does not densify to the dense output's tensor")
+    reported = {(t["graph"], t["name"]) for t in report["tensors"] if t["format"] == "sparse"}
+    if reported != set(on_disk):
+        raise CaseError(f"reported sparse tensors {sorted(reported)} != on disk {sorted(on_disk)}")
+    check_unchanged(hashes)
+    return len(on_disk), report["totals"]["sparse_bytes_saved"], worst
+
+
+# Structured pruning (--level): models and levels whose outputs must load and run in
+# onnxruntime, pass the full checker, and match tract. β < 1 for heads so some are removed.
+STRUCTURED = (
+    ("digits_mlp", "channel", "1"),
+    ("digits_cnn", "channel", "1"),
+    ("digits_cnn_bnfold", "channel", "1"),
+    ("digits_resnet", "channel", "1"),
+    ("tiny_encoder", "channel", "1"),
+    ("tiny_encoder", "head", "0.75"),
+)
+
+
+def run_structured_case(binary, model, level, beta, tmp):
+    """Checks (a), (b), (d) on a structurally pruned model; returns (removed, max |ORT−tract|)."""
+    hashes = {p: sha256(p) for p in input_files(model)}
+    out, io_dir = tmp / f"{model.stem}.{level}.onnx", tmp / f"{model.stem}.{level}.io"
+    report = run_emprune(binary, model, out, io_dir, "layer", ("--level", level, "--beta", beta, "--min-cosine", "0"))
+    check_onnx(out)
+    worst = check_ort(out, io_dir, report)
+    check_unchanged(hashes)
+    removed = sum(len(s["removed"]) for s in report["structures"])
+    before = sum(numpy_helper.to_array(t).size for t in onnx.load(str(model)).graph.initializer)
+    after = sum(numpy_helper.to_array(t).size for t in onnx.load(str(out)).graph.initializer)
+    if removed and after >= before:
+        raise CaseError(f"{removed} structures removed but parameters went {before} -> {after}")
+    return removed, worst
 
 
 def main():
@@ -274,6 +384,29 @@ def main():
                     why = e if isinstance(e, CaseError) else f"{type(e).__name__}: {e}"
                     print(f"{model.stem:<22} {scope:<7} {'-':>8} {'-':>15}  FAIL: {why}")
                     failed += 1
+        for stem, level, beta in STRUCTURED:
+            model = args.models / f"{stem}.onnx"
+            if not model.exists():
+                print(f"{stem:<22} {level:<7} {'-':>8} {'-':>15}  FAIL: model missing")
+                failed += 1
+                continue
+            try:
+                removed, worst = run_structured_case(args.emprune, model, level, beta, Path(tmp))
+                print(f"{stem:<22} {level:<7} {removed:>7}r {worst:>15.2e}  ok")
+                passed += 1
+            except Exception as e:  # noqa: BLE001 — any error fails this case only
+                why = e if isinstance(e, CaseError) else f"{type(e).__name__}: {e}"
+                print(f"{stem:<22} {level:<7} {'-':>8} {'-':>15}  FAIL: {why}")
+                failed += 1
+        for model in models:
+            try:
+                n, saved, worst = run_sparse_case(args.emprune, model, Path(tmp))
+                print(f"{model.stem:<22} {'sparse':<7} {n:>7}t {worst:>15.2e}  ok ({saved} bytes saved)")
+                passed += 1
+            except Exception as e:  # noqa: BLE001 — any error fails this case only
+                why = e if isinstance(e, CaseError) else f"{type(e).__name__}: {e}"
+                print(f"{model.stem:<22} {'sparse':<7} {'-':>8} {'-':>15}  FAIL: {why}")
+                failed += 1
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

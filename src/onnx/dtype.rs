@@ -1,5 +1,7 @@
 //! Element types of weights emprune can score and rewrite (f32, f16, bf16, f64), their ONNX
-//! codes, sizes, and lossless little-endian decoding to f32/f64 and encoding back.
+//! codes, sizes, and lossless little-endian decoding to f32/f64 and encoding back. Bulk
+//! decoding ([`FloatType::decode_f32_into`]) is specialised per type: f16 through a 65,536-entry
+//! table, bf16 by a shift, f32/f64 with `chunks_exact`.
 
 use anyhow::{bail, Result};
 
@@ -54,6 +56,38 @@ impl FloatType {
         }
     }
 
+    /// Decodes every little-endian element of `raw` into `out` (same length as the element
+    /// count), exactly for f32/f16/bf16 and rounded for f64. Returns the index of the first
+    /// non-finite value, if any (the whole slice is decoded regardless).
+    pub fn decode_f32_into(self, raw: &[u8], out: &mut [f32]) -> Option<usize> {
+        debug_assert_eq!(raw.len(), out.len() * self.size());
+        match self {
+            Self::F32 => {
+                for (o, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            Self::F64 => {
+                for (o, c) in out.iter_mut().zip(raw.chunks_exact(8)) {
+                    *o = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+                }
+            }
+            Self::F16 => {
+                let table = f16_table();
+                for (o, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                    *o = table[u16::from_le_bytes([c[0], c[1]]) as usize];
+                }
+            }
+            Self::Bf16 => {
+                for (o, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                    *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+                }
+            }
+        }
+        // A value that was finite in f64 but overflows f32 is refused too (it would score inf).
+        out.iter().position(|v| !v.is_finite())
+    }
+
     /// Decodes element `i` of little-endian `raw` to f64 (exact for every type).
     #[inline]
     pub fn read_f64(self, raw: &[u8], i: usize) -> f64 {
@@ -82,6 +116,12 @@ fn le8(raw: &[u8], i: usize) -> [u8; 8] {
     b
 }
 
+/// f16 bit pattern → f32 value, for all 65,536 patterns (exact; built once).
+fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| half::f16::from_bits(b).to_f32()).collect())
+}
+
 /// Human-readable name of any ONNX data type code, for error messages and reports.
 pub fn onnx_type_name(code: i32) -> String {
     match DataType::try_from(code) {
@@ -101,4 +141,24 @@ pub fn onnx_elem_size(code: i32) -> Result<usize> {
         Ok(Int8 | Uint8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz) => 1,
         _ => bail!("data type {} has no fixed element size", onnx_type_name(code)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_decoding_matches_per_element_decoding() {
+        for ft in [FloatType::F32, FloatType::F64, FloatType::F16, FloatType::Bf16] {
+            let n = 4096;
+            let raw: Vec<u8> = (0..n * ft.size()).map(|i| (i * 37 % 251) as u8 & 0x3f).collect();
+            let mut out = vec![0f32; n];
+            assert_eq!(ft.decode_f32_into(&raw, &mut out), None, "{ft:?}");
+            for (i, v) in out.iter().enumerate() {
+                assert_eq!(v.to_bits(), (ft.read_f64(&raw, i) as f32).to_bits(), "{ft:?} at {i}");
+            }
+        }
+        let mut out = [0f32; 2];
+        assert_eq!(FloatType::F16.decode_f32_into(&[0, 0x3c, 0, 0x7c], &mut out), Some(1));
+    }
 }

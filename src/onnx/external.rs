@@ -1,5 +1,6 @@
 //! External tensor data: resolves `location` safely inside the model folder and serves byte
-//! ranges as zero-copy slices of memory-mapped data files (each file mapped once).
+//! ranges as zero-copy slices of memory-mapped data files (each file mapped once), and lets
+//! streaming writers hand pages they are done with back to the kernel ([`release_pages`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -118,7 +119,51 @@ pub fn map_file(path: &Path) -> Result<Bytes> {
     // SAFETY: the map is read-only; emprune never writes to its inputs. Another process
     // truncating the file while we run is outside what any mmap-based reader can guard.
     let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {path:?}"))?;
-    Ok(Bytes::from_owner(map))
+    let map = std::sync::Arc::new(map);
+    if let Ok(mut live) = LIVE_MAPS.lock() {
+        live.retain(|w| w.strong_count() > 0);
+        live.push(std::sync::Arc::downgrade(&map));
+    }
+    Ok(Bytes::from_owner(SharedMap(map)))
+}
+
+/// A map shared between the `Bytes` that borrow it and the registry [`release_pages`] uses.
+struct SharedMap(std::sync::Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for SharedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Every map made by [`map_file`] that is still alive.
+static LIVE_MAPS: Mutex<Vec<std::sync::Weak<memmap2::Mmap>>> = Mutex::new(Vec::new());
+
+/// Tells the kernel that the whole pages inside `bytes` (a slice of a map made by
+/// [`map_file`]) are not needed for now, so they stop counting towards our resident memory.
+/// The maps are read-only and file-backed: a later read simply faults the page in again from
+/// the page cache or the file. Slices of anything else are ignored; so are errors (this is
+/// only a hint).
+pub fn release_pages(bytes: &[u8]) {
+    const PAGE: usize = 4096;
+    let Ok(live) = LIVE_MAPS.lock() else { return };
+    let (start, end) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+    for map in live.iter().filter_map(|w| w.upgrade()) {
+        let base = map.as_ptr() as usize;
+        if start < base || end > base + map.len() {
+            continue;
+        }
+        // Whole pages only (page-aligned inside the map; the map itself starts on a page).
+        let first = (start - base).div_ceil(PAGE) * PAGE;
+        let last = (end - base) / PAGE * PAGE;
+        if last > first {
+            // SAFETY: DONTNEED on a read-only, file-backed private map only drops the page
+            // table entries; the contents are unchanged when read again.
+            #[cfg(unix)]
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
+        }
+        return;
+    }
 }
 
 #[cfg(test)]

@@ -24,9 +24,13 @@ impl Model {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = map_file(path)?;
         let file_size = bytes.len() as u64;
-        let proto = decode(bytes).with_context(|| format!("{}", path.display()))?;
+        let mut proto = decode(bytes).with_context(|| format!("{}", path.display()))?;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        Ok(Self { proto, path: path.to_path_buf(), file_size, external: ExternalStore::new(dir) })
+        let external = ExternalStore::new(dir);
+        // Sparse initializers / sparse Constant values become dense in memory (one mechanism
+        // for every reader: pruning, inspection, tract validation).
+        super::sparse::densify_model(&mut proto, &external).with_context(|| format!("{}", path.display()))?;
+        Ok(Self { proto, path: path.to_path_buf(), file_size, external })
     }
 
     /// Wraps an in-memory model whose external data (if any) is relative to `dir`.

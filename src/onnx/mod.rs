@@ -6,6 +6,7 @@ pub mod external;
 pub mod load;
 pub mod proto;
 pub mod save;
+pub mod sparse;
 pub mod tensor;
 pub mod walk;
 

@@ -2,18 +2,24 @@
 //! tensors that were external kept external in a new data file beside the output (offsets
 //! aligned to 4096), and large tensors moved out automatically when the model file would
 //! reach protobuf's 2 GiB limit.
+//!
+//! Nothing is encoded into one big buffer: the data file is written tensor by tensor, and the
+//! model file is streamed field by field — the main graph's initializers one at a time, each
+//! optionally replaced on the fly by a same-sized payload ([`save_streaming`]) — and the input
+//! pages of every tensor written are handed back to the kernel. Peak memory is the graph plus
+//! the tensors a caller keeps in flight, not the model size.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::Bytes;
 use prost::Message;
 
-use super::external::ExternalStore;
-use super::proto::ModelProto;
+use super::external::{release_pages, ExternalStore};
+use super::proto::{ModelProto, TensorProto};
 use super::tensor::{self, Storage};
 use super::walk::visit_tensors_mut;
 
@@ -48,11 +54,25 @@ pub type Payload<'a> = dyn FnMut(usize) -> Result<Option<Bytes>> + 'a;
 /// replace their bytes. `inputs` are files that must not be overwritten (the input model and
 /// its data files).
 pub fn save(
+    proto: ModelProto,
+    store: &ExternalStore,
+    out: &Path,
+    inputs: &[PathBuf],
+    payload: &mut Payload,
+) -> Result<Saved> {
+    save_streaming(proto, store, out, inputs, payload, &mut |_| Ok(None))
+}
+
+/// [`save`], where `inline(id)` may also replace, as the model file is written, the
+/// `raw_data` of main-graph initializers that stay inline. A replacement must have the same
+/// length as the bytes it replaces (dense rewrites do), so sizes are known before writing.
+pub fn save_streaming(
     mut proto: ModelProto,
     store: &ExternalStore,
     out: &Path,
     inputs: &[PathBuf],
     payload: &mut Payload,
+    inline: &mut Payload,
 ) -> Result<Saved> {
     let data = data_path(out);
     refuse_inputs(out, &data, inputs)?;
@@ -66,15 +86,112 @@ pub fn save(
         saved.data_bytes = write_data_file(&mut proto, store, &to_external, &tmp, &data, payload)?;
         saved.data_file = Some(data.clone());
     }
-    let bytes = proto.encode_to_vec();
-    if bytes.len() as u64 > MODEL_FILE_LIMIT {
-        bail!("the model graph alone is {} bytes, over protobuf's 2 GiB limit", bytes.len());
+    let len = proto.encoded_len() as u64;
+    if len > MODEL_FILE_LIMIT {
+        bail!("the model graph alone is {len} bytes, over protobuf's 2 GiB limit");
     }
     let tmp = guard.temp_for(out);
-    write_synced(&tmp, &bytes)?;
-    saved.model_bytes = bytes.len() as u64;
+    saved.model_bytes = write_model(proto, &tmp, inline)?;
+    ensure!(saved.model_bytes == len, "internal error: wrote {} bytes of a {len}-byte model", saved.model_bytes);
     guard.commit()?;
     Ok(saved)
+}
+
+/// Streams `proto` to `path`: the model without its graph, then the graph without its
+/// initializers, then each initializer (protobuf accepts fields in any order and merges
+/// repeated ones in order, so this decodes to the same message). Returns the bytes written.
+fn write_model(mut proto: ModelProto, path: &Path, inline: &mut Payload) -> Result<u64> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = Counting { inner: BufWriter::with_capacity(1 << 20, file), written: 0 };
+    let graph = proto.graph.take();
+    w.write_all(&proto.encode_to_vec())?;
+    if let Some(mut g) = graph {
+        let inits = std::mem::take(&mut g.initializer);
+        let sizes: Vec<usize> = inits.iter().map(|t| t.encoded_len()).collect();
+        let graph_len = g.encoded_len() + sizes.iter().map(|&n| 1 + varint_len(n as u64) + n).sum::<usize>();
+        put_len_field(&mut w, 7, graph_len)?;
+        w.write_all(&g.encode_to_vec())?;
+        drop(g);
+        for ((id, t), size) in inits.into_iter().enumerate().zip(sizes) {
+            put_len_field(&mut w, 5, size)?;
+            write_initializer(&mut w, id, t, inline)?;
+        }
+    }
+    let written = w.written;
+    let file = w.inner.into_inner().map_err(|e| anyhow!("writing {}: {}", path.display(), e.error()))?;
+    file.sync_all()?;
+    Ok(written)
+}
+
+/// Writes one initializer's body, its `raw_data` last (replaced when `inline` says so).
+fn write_initializer(w: &mut impl Write, id: usize, mut t: TensorProto, inline: &mut Payload) -> Result<()> {
+    if t.raw_data.is_empty() || tensor::storage(&t) == Storage::External {
+        w.write_all(&t.encode_to_vec())?;
+        return Ok(());
+    }
+    let raw = std::mem::take(&mut t.raw_data);
+    w.write_all(&t.encode_to_vec())?;
+    let data = match inline(id).with_context(|| format!("tensor {:?}", t.name))? {
+        Some(new) => {
+            ensure!(
+                new.len() == raw.len(),
+                "tensor {:?}: a streamed replacement must keep its size ({} bytes, got {})",
+                t.name,
+                raw.len(),
+                new.len()
+            );
+            new
+        }
+        None => raw.clone(),
+    };
+    put_len_field(w, 9, data.len())?;
+    w.write_all(&data)?;
+    release_pages(&raw);
+    Ok(())
+}
+
+/// Key of a length-delimited field, then the length.
+fn put_len_field(w: &mut impl Write, tag: u32, len: usize) -> Result<()> {
+    put_varint(w, ((tag as u64) << 3) | 2)?;
+    put_varint(w, len as u64)
+}
+
+fn put_varint(w: &mut impl Write, mut v: u64) -> Result<()> {
+    let mut buf = [0u8; 10];
+    let mut n = 0;
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        buf[n] = if v == 0 { byte } else { byte | 0x80 };
+        n += 1;
+        if v == 0 {
+            break;
+        }
+    }
+    w.write_all(&buf[..n])?;
+    Ok(())
+}
+
+fn varint_len(v: u64) -> usize {
+    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+}
+
+/// A writer that counts the bytes going through it.
+struct Counting<W: Write> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn refuse_inputs(out: &Path, data: &Path, inputs: &[PathBuf]) -> Result<()> {
@@ -158,9 +275,10 @@ fn write_data_file(
         if !set.contains(&id) {
             return Ok(());
         }
+        let source = tensor::element_bytes(t, store).with_context(|| format!("tensor {:?}", t.name))?;
         let bytes = match payload(id)? {
             Some(b) => b,
-            None => tensor::element_bytes(t, store).with_context(|| format!("tensor {:?}", t.name))?,
+            None => source.clone(),
         };
         let pad = (ALIGN - offset % ALIGN) % ALIGN;
         w.write_all(&vec![0u8; pad as usize])?;
@@ -168,18 +286,12 @@ fn write_data_file(
         w.write_all(&bytes)?;
         tensor::set_external(t, &location, offset, bytes.len() as u64);
         offset += bytes.len() as u64;
+        release_pages(&source);
         Ok(())
     })?;
     let file = w.into_inner().map_err(|e| anyhow!("writing {}: {}", tmp.display(), e.error()))?;
     file.sync_all()?;
     Ok(offset)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
-    f.sync_all()?;
-    Ok(())
 }
 
 /// Temp files renamed onto their targets on commit, deleted if dropped uncommitted, so a
@@ -212,6 +324,59 @@ impl Drop for TempFiles {
     fn drop(&mut self) {
         for (tmp, _) in &self.pending {
             let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::proto::{GraphProto, NodeProto};
+
+    #[test]
+    fn streamed_model_decodes_to_the_same_message() {
+        let t = |name: &str, n: usize| TensorProto {
+            name: name.into(),
+            dims: vec![n as i64],
+            data_type: 1,
+            raw_data: Bytes::from(vec![7u8; 4 * n]),
+            ..Default::default()
+        };
+        let typed = TensorProto {
+            name: "typed".into(),
+            dims: vec![2],
+            data_type: 1,
+            float_data: vec![1.0, 2.0],
+            ..Default::default()
+        };
+        let proto = ModelProto {
+            ir_version: 8,
+            producer_name: "p".into(),
+            graph: Some(GraphProto {
+                name: "g".into(),
+                node: vec![NodeProto { op_type: "Relu".into(), ..Default::default() }],
+                initializer: vec![t("a", 3), typed, t("b", 40)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        let n =
+            write_model(proto.clone(), &path, &mut |id| Ok((id == 2).then(|| Bytes::from(vec![0u8; 160])))).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(n as usize, bytes.len());
+        assert_eq!(bytes.len(), proto.encoded_len());
+        let back = ModelProto::decode(bytes.as_slice()).unwrap();
+        let mut expect = proto;
+        expect.graph.as_mut().unwrap().initializer[2].raw_data = Bytes::from(vec![0u8; 160]);
+        assert_eq!(back, expect);
+        let bad = write_model(expect, &path, &mut |_| Ok(Some(Bytes::from_static(b"xy"))));
+        assert!(bad.unwrap_err().to_string().contains("keep its size"));
+        for v in [0u64, 1, 127, 128, 16383, 16384, u64::MAX] {
+            let mut b = vec![];
+            put_varint(&mut b, v).unwrap();
+            assert_eq!(b.len(), varint_len(v), "{v}");
         }
     }
 }

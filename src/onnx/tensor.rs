@@ -97,19 +97,19 @@ fn typed_to_bytes(t: &TensorProto, n: usize) -> Result<Bytes> {
 pub fn read_floats(t: &TensorProto, store: &ExternalStore) -> Result<(FloatType, Vec<f32>)> {
     let ft = float_type(t)?;
     let bytes = element_bytes(t, store).with_context(|| format!("reading tensor {:?}", t.name))?;
-    Ok((ft, decode_f32(&t.name, ft, &bytes)?))
+    let values = decode_f32(&t.name, ft, &bytes)?;
+    // The values are copied out: the mapped pages need not stay resident.
+    super::external::release_pages(&bytes);
+    Ok((ft, values))
 }
 
 /// Decodes little-endian elements of type `ft` to f32, refusing non-finite values.
 pub fn decode_f32(name: &str, ft: FloatType, bytes: &[u8]) -> Result<Vec<f32>> {
     let n = bytes.len() / ft.size();
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut out = vec![0f32; n];
+    if let Some(i) = ft.decode_f32_into(&bytes[..n * ft.size()], &mut out) {
         let v = ft.read_f64(bytes, i);
-        if !v.is_finite() {
-            bail!("tensor {name:?} has a non-finite value ({v}) at flat index {i}");
-        }
-        out.push(v as f32);
+        bail!("tensor {name:?} has a non-finite value ({v}) at flat index {i}");
     }
     Ok(out)
 }

@@ -26,6 +26,8 @@ pub struct Config {
     pub scope: Scope,
     pub beta: f64,
     pub filter: Filter,
+    /// Calibration data for activation-aware criteria (`--calib`; empty otherwise).
+    pub calib: crate::score::calib::Calibration,
 }
 
 /// What EMP decided for one score vector.
@@ -85,7 +87,11 @@ impl Plan {
 
 /// Finds the prunable weights and decides every cut.
 pub fn plan(model: &Model, ix: &Index, cfg: &Config) -> Result<Plan> {
-    let sel = weights::select(ix, &cfg.filter)?;
+    let mut sel = weights::select(ix, &cfg.filter)?;
+    if cfg.criterion == Criterion::Wanda {
+        let norms = score::calib::collect(model, ix, &sel.weights, &cfg.calib)?;
+        score::calib::attach(&mut sel.weights, &norms)?;
+    }
     let scorer = |w: &Weight| -> Result<Vec<f32>> {
         score::score(model, ix, w, cfg.criterion).with_context(|| format!("scoring weight {:?}", w.name))
     };
@@ -93,6 +99,7 @@ pub fn plan(model: &Model, ix: &Index, cfg: &Config) -> Result<Plan> {
         Scope::Global => scope::global(&sel.weights, &scorer, cfg.beta)?,
         Scope::Tensor => scope::per_tensor(&sel.weights, &scorer, cfg.beta)?,
         Scope::Row => scope::per_row(&sel.weights, &scorer, cfg.beta)?,
+        Scope::Layer => anyhow::bail!("--scope layer applies to structures (--level); use tensor for weights"),
     };
     let weights = sel.weights.into_iter().zip(cuts).map(|(weight, cut)| Planned { weight, cut }).collect();
     Ok(Plan { groups, weights, skipped: sel.skipped, criterion: Some(cfg.criterion) })

@@ -19,6 +19,8 @@ pub enum Scope {
     Global,
     Tensor,
     Row,
+    /// Structures only: one vector per coupled group of structures (per layer).
+    Layer,
 }
 
 impl Scope {
@@ -27,6 +29,7 @@ impl Scope {
             Scope::Global => "global",
             Scope::Tensor => "tensor",
             Scope::Row => "row",
+            Scope::Layer => "layer",
         }
     }
 }

@@ -25,7 +25,14 @@ pub struct Report {
     pub skipped: Vec<Skipped>,
     pub totals: Totals,
     pub validation: Option<Validation>,
+    /// What `--guard` restored (absent without `--guard`).
+    pub guard: Option<crate::guard::GuardReport>,
     pub notes: Vec<String>,
+    /// `channel` or `head` for structured pruning (`--level`), else absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// Structured pruning: one row per structure group (empty otherwise).
+    pub structures: Vec<crate::structure::plan::StructureReport>,
 }
 
 /// One prunable weight.
@@ -44,6 +51,10 @@ pub struct TensorReport {
     pub kept: usize,
     /// `1 − kept / n`.
     pub sparsity: f64,
+    /// How the weight was written: `dense`, or `sparse` (a `SparseTensorProto`).
+    pub format: String,
+    /// Encoded bytes saved by the sparse form (0 when written dense).
+    pub bytes_saved: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -55,13 +66,34 @@ pub struct Totals {
     /// Model file plus external data, before and after (after = before for `inspect`).
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Weights written as sparse tensors (`--format sparse`) and the bytes that saved.
+    pub sparse_tensors: usize,
+    pub sparse_bytes_saved: u64,
+    /// Structured pruning: dense multiply-accumulates of the model before and after (the rule
+    /// is in `diff::cost`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub macs_before: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub macs_after: Option<u64>,
 }
 
 impl Totals {
     pub fn from_tensors(t: &[TensorReport], bytes_before: u64, bytes_after: u64) -> Self {
         let params: usize = t.iter().map(|t| t.n).sum();
         let kept: usize = t.iter().map(|t| t.kept).sum();
-        Totals { params, kept, sparsity: sparsity(kept, params), bytes_before, bytes_after }
+        let sparse_tensors = t.iter().filter(|t| t.format == "sparse").count();
+        let sparse_bytes_saved = t.iter().map(|t| t.bytes_saved).sum();
+        Totals {
+            params,
+            kept,
+            sparsity: sparsity(kept, params),
+            bytes_before,
+            bytes_after,
+            sparse_tensors,
+            sparse_bytes_saved,
+            macs_before: None,
+            macs_after: None,
+        }
     }
 }
 

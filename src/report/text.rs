@@ -22,6 +22,17 @@ pub fn render(r: &Report) -> String {
     for n in &r.notes {
         let _ = writeln!(s, "note: {n}");
     }
+    if let Some(g) = &r.guard {
+        let restored = if g.restored.is_empty() { "nothing".to_string() } else { g.restored.join(", ") };
+        let _ = writeln!(
+            s,
+            "guard: restored {restored} dense after {} validations; sparsity {:.1}% -> {:.1}%{}",
+            g.validations,
+            100.0 * g.sparsity_before,
+            100.0 * g.sparsity_after,
+            if g.passed { "" } else { " (still failing)" }
+        );
+    }
     if let Some(v) = &r.validation {
         s.push('\n');
         validation(&mut s, v);
@@ -108,6 +119,18 @@ fn tensors(s: &mut String, r: &Report) {
         100.0 * tt.sparsity
     );
     let _ = writeln!(s, "size: {} -> {} bytes", tt.bytes_before, tt.bytes_after);
+    if r.format == "sparse" {
+        let sparse: Vec<&str> = r.tensors.iter().filter(|t| t.format == "sparse").map(|t| t.name.as_str()).collect();
+        let _ = writeln!(
+            s,
+            "sparse: {} of {} weights written as sparse tensors ({} bytes saved){}{}",
+            tt.sparse_tensors,
+            r.tensors.len(),
+            tt.sparse_bytes_saved,
+            if sparse.is_empty() { "" } else { ": " },
+            sparse.join(", ")
+        );
+    }
 }
 
 pub fn render_validate(r: &ValidateReport) -> String {

@@ -1,7 +1,9 @@
 //! Importance scores for weight entries, one criterion per file. A score is a non-negative
 //! f32 per entry; EMP ranks by it and sizes the kept set from its L1/L2 mass.
 
+pub mod calib;
 pub mod magnitude;
+pub mod wanda;
 
 use anyhow::Result;
 
@@ -14,12 +16,22 @@ use crate::weights::Weight;
 pub enum Criterion {
     /// `|w|`, the paper's default.
     Magnitude,
+    /// `|w| · ‖X‖₂` (Wanda): weights times the L2 norm of their input feature over
+    /// calibration data (`--calib`); default scope `row`.
+    Wanda,
+    /// Structures (`--level`): L2 norm of every weight slice a structure owns (default there).
+    L2,
+    /// Structures (`--level`): L1 norm of every weight slice a structure owns.
+    L1,
 }
 
 impl Criterion {
     pub fn name(self) -> &'static str {
         match self {
             Criterion::Magnitude => "magnitude",
+            Criterion::Wanda => "wanda",
+            Criterion::L2 => "l2",
+            Criterion::L1 => "l1",
         }
     }
 }
@@ -29,5 +41,9 @@ pub fn score(model: &Model, ix: &crate::onnx::walk::Index, w: &Weight, criterion
     let t = ix.tensors[w.id].tensor;
     match criterion {
         Criterion::Magnitude => magnitude::scores(t, &model.external),
+        Criterion::Wanda => wanda::scores(t, &model.external, w),
+        Criterion::L2 | Criterion::L1 => {
+            anyhow::bail!("--criterion {} scores structures; use it with --level", criterion.name())
+        }
     }
 }

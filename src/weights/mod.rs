@@ -29,6 +29,27 @@ pub struct Weight {
     /// Axes of the stored tensor that index output units (rows).
     pub unit_axes: Vec<usize>,
     pub storage: Storage,
+    /// The activation its (first) prunable consumer multiplies it with, if that is an ONNX
+    /// value (for activation-aware scores).
+    pub activation: Option<Activation>,
+    /// Per input feature `‖X_j‖₂` over the calibration data, attached when planning with an
+    /// activation-aware criterion (`--criterion wanda`).
+    pub act_norms: Option<std::sync::Arc<Vec<f64>>>,
+}
+
+/// Where a weight's input activation comes from and which axes hold the features.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Activation {
+    /// The value name (the consumer's input).
+    pub value: String,
+    /// Index of the graph holding the consumer (in the [`Index`]).
+    pub graph: usize,
+    /// The activation's feature axis (negative: from the end).
+    pub act_axis: isize,
+    /// The stored weight axis indexing the same features.
+    pub weight_axis: usize,
+    /// Conv `group` (1 otherwise).
+    pub groups: usize,
 }
 
 impl Weight {
@@ -96,18 +117,22 @@ pub fn select(ix: &Index, filter: &Filter) -> Result<Selection> {
                 Use::Node { graph, node, slot } => {
                     let n = ix.node(graph, node);
                     match slots::describe(n, slot, rank, &filter.ops) {
-                        Some(l) => layouts.push((
-                            n,
-                            node,
-                            l.unit_axes.iter().map(|&a| r.view_to_stored[a]).collect::<Vec<_>>(),
-                        )),
+                        Some(l) => {
+                            let act = l.feature.and_then(|f| activation(n, graph, &f, &r.view_to_stored));
+                            layouts.push((
+                                n,
+                                node,
+                                l.unit_axes.iter().map(|&a| r.view_to_stored[a]).collect::<Vec<_>>(),
+                                act,
+                            ))
+                        }
                         None => blockers.push(format!("{} node {:?}", n.op_type, node_label(n, node))),
                     }
                 }
                 Use::GraphOutput { .. } => blockers.push("a graph output".into()),
             }
         }
-        let Some((first, first_idx, unit_axes)) = layouts.first().cloned() else { continue };
+        let Some((first, first_idx, unit_axes, activation)) = layouts.first().cloned() else { continue };
         let name = entry.value.clone();
         if !filter.admits(&name) {
             continue;
@@ -116,7 +141,7 @@ pub fn select(ix: &Index, filter: &Filter) -> Result<Selection> {
             sel.skipped.push(Skipped { name, reason: format!("shared with a non-prunable use ({b})") });
             continue;
         }
-        if layouts.iter().any(|(_, _, u)| *u != unit_axes) {
+        if layouts.iter().any(|(_, _, u, _)| *u != unit_axes) {
             sel.skipped.push(Skipped { name, reason: "its consumers disagree on which axis is the output".into() });
             continue;
         }
@@ -142,9 +167,24 @@ pub fn select(ix: &Index, filter: &Filter) -> Result<Selection> {
             shape,
             unit_axes,
             storage: tensor::storage(entry.tensor),
+            activation,
+            act_norms: None,
         });
     }
     Ok(sel)
+}
+
+/// The activation input of consumer `n` (in graph `graph`), with the weight axis mapped back
+/// to the stored tensor.
+fn activation(
+    n: &crate::onnx::proto::NodeProto,
+    graph: usize,
+    f: &slots::Feature,
+    view_to_stored: &[usize],
+) -> Option<Activation> {
+    let value = n.input.get(f.input).filter(|v| !v.is_empty())?.clone();
+    let weight_axis = *view_to_stored.get(f.weight_axis)?;
+    Some(Activation { value, graph, act_axis: f.act_axis, weight_axis, groups: f.groups })
 }
 
 /// Collects the consumers of `value` (defined in `graph`), looking through transparent ops.

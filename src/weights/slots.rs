@@ -13,6 +13,26 @@ use crate::onnx::walk::is_default_domain;
 pub struct SlotLayout {
     /// Axes (of the tensor as the op sees it) that index output units.
     pub unit_axes: Vec<usize>,
+    /// The activation the weight's entries multiply, for activation-aware scores (`None` when
+    /// it is not an ONNX value, e.g. a recurrent hidden state).
+    pub feature: Option<Feature>,
+}
+
+/// Which node input carries the activation a weight multiplies, and how their axes match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Feature {
+    /// The node input holding the activation.
+    pub input: usize,
+    /// The activation's input-feature axis (negative: counted from the end).
+    pub act_axis: isize,
+    /// The weight axis (as the op sees it) indexing the same features.
+    pub weight_axis: usize,
+    /// Conv `group`: the weight's feature axis holds C/group channels of its output's group.
+    pub groups: usize,
+}
+
+fn feat(input: usize, act_axis: isize, weight_axis: usize) -> Option<Feature> {
+    Some(Feature { input, act_axis, weight_axis, groups: 1 })
 }
 
 /// Describes the layout of input `slot` of `node` for a weight of rank `rank`, or `None` when
@@ -51,21 +71,23 @@ fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
     node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
 }
 
-fn units(axes: &[usize]) -> Option<SlotLayout> {
-    Some(SlotLayout { unit_axes: axes.to_vec() })
+fn units(axes: &[usize], feature: Option<Feature>) -> Option<SlotLayout> {
+    Some(SlotLayout { unit_axes: axes.to_vec(), feature })
 }
 
-/// Conv W `[M, C/g, k…]`: one row per output channel.
-fn conv(_: &NodeProto, slot: usize, rank: usize) -> Option<SlotLayout> {
+/// Conv W `[M, C/g, k…]`: one row per output channel; X `[N, C, …]` feeds axis 1.
+fn conv(node: &NodeProto, slot: usize, rank: usize) -> Option<SlotLayout> {
     (slot == 1 && rank >= 3).then_some(())?;
-    units(&[0])
+    let groups = usize::try_from(int_attr(node, "group").unwrap_or(1)).ok().filter(|&g| g >= 1)?;
+    units(&[0], Some(Feature { input: 0, act_axis: 1, weight_axis: 1, groups }))
 }
 
 /// ConvTranspose W `[C, M/g, k…]`: rows along axis 1 (with groups, one row spans the same
 /// position in every group).
+/// X `[N, C, …]` feeds axis 0.
 fn conv_transpose(_: &NodeProto, slot: usize, rank: usize) -> Option<SlotLayout> {
     (slot == 1 && rank >= 3).then_some(())?;
-    units(&[1])
+    units(&[1], feat(0, 1, 0))
 }
 
 /// Gemm `Y = A'·B'`: B is `[K, N]` (`[N, K]` with transB); a constant A is `[M, K]`
@@ -74,9 +96,10 @@ fn gemm(node: &NodeProto, slot: usize, rank: usize) -> Option<SlotLayout> {
     (rank == 2).then_some(())?;
     let trans_a = int_attr(node, "transA").unwrap_or(0) != 0;
     let trans_b = int_attr(node, "transB").unwrap_or(0) != 0;
+    let (k_a, k_b) = (if trans_a { 0 } else { 1 }, if trans_b { 1 } else { 0 });
     match slot {
-        0 => units(&[if trans_a { 1 } else { 0 }]),
-        1 => units(&[if trans_b { 0 } else { 1 }]),
+        0 => units(&[1 - k_a], feat(1, k_b as isize, k_a)),
+        1 => units(&[1 - k_b], feat(0, k_a as isize, k_b)),
         _ => None,
     }
 }
@@ -86,18 +109,19 @@ fn gemm(node: &NodeProto, slot: usize, rank: usize) -> Option<SlotLayout> {
 fn matmul(_: &NodeProto, slot: usize, rank: usize) -> Option<SlotLayout> {
     (rank >= 2).then_some(())?;
     let batch: Vec<usize> = (0..rank - 2).collect();
-    let unit = match slot {
-        0 => rank - 2,
-        1 => rank - 1,
+    let (unit, feature) = match slot {
+        0 => (rank - 2, feat(1, -2, rank - 1)),
+        1 => (rank - 1, feat(0, -1, rank - 2)),
         _ => return None,
     };
-    units(&[batch, vec![unit]].concat())
+    units(&[batch, vec![unit]].concat(), feature)
 }
 
-/// LSTM/GRU/RNN W and R `[dirs, gates·hidden, in]`: a row per (direction, gate unit).
+/// LSTM/GRU/RNN W and R `[dirs, gates·hidden, in]`: a row per (direction, gate unit). W
+/// multiplies X (features last); R multiplies the hidden state, which is no ONNX value.
 fn recurrent(_: &NodeProto, slot: usize, rank: usize) -> Option<SlotLayout> {
     (matches!(slot, 1 | 2) && rank == 3).then_some(())?;
-    units(&[0, 1])
+    units(&[0, 1], if slot == 1 { feat(0, -1, 2) } else { None })
 }
 
 #[cfg(test)]
@@ -132,6 +156,27 @@ mod tests {
         assert_eq!(describe(&node("MatMul", &[]), 1, 3, &a).unwrap().unit_axes, [0, 2]);
         assert_eq!(describe(&node("MatMul", &[]), 1, 1, &a), None, "vectors are not weights");
         assert_eq!(describe(&node("Relu", &[]), 0, 2, &a), None);
+    }
+
+    #[test]
+    fn activation_features_match_the_weight_axes() {
+        let a = all();
+        let f = |n: NodeProto, slot, rank| describe(&n, slot, rank, &a).unwrap().feature.unwrap();
+        assert_eq!(
+            f(node("Gemm", &[("transB", 1)]), 1, 2),
+            Feature { input: 0, act_axis: 1, weight_axis: 1, groups: 1 }
+        );
+        assert_eq!(
+            f(node("Gemm", &[("transA", 1)]), 1, 2),
+            Feature { input: 0, act_axis: 0, weight_axis: 0, groups: 1 }
+        );
+        assert_eq!(f(node("MatMul", &[]), 1, 3), Feature { input: 0, act_axis: -1, weight_axis: 1, groups: 1 });
+        assert_eq!(f(node("MatMul", &[]), 0, 2), Feature { input: 1, act_axis: -2, weight_axis: 1, groups: 1 });
+        assert_eq!(
+            f(node("Conv", &[("group", 4)]), 1, 4),
+            Feature { input: 0, act_axis: 1, weight_axis: 1, groups: 4 }
+        );
+        assert_eq!(describe(&node("LSTM", &[]), 2, 3, &a).unwrap().feature, None);
     }
 
     #[test]

@@ -1,0 +1,184 @@
+//! Structured pruning analysis: which channels, neurons and attention heads can be removed as
+//! a whole, and every constant slice each of them owns.
+//!
+//! A *space* is the output-channel axis of one producer (a Conv's filters, a Gemm/MatMul's
+//! output features). One forward pass over the graph (nodes are topologically sorted) follows
+//! every space through the ops that carry its axis ([`ops`], one file per op family, looked up
+//! in an explicit registry) to the weights that consume it. Spaces that meet in a residual
+//! Add/Mul/Sum are merged into one group; Concat places several spaces side by side. Any op
+//! the registry does not know blocks the spaces reaching it — safe by default — and the report
+//! names that node. Attention heads are matched separately ([`heads`]).
+
+pub mod graph;
+pub mod heads;
+pub mod job;
+pub mod ops;
+pub mod plan;
+pub mod score;
+
+use std::collections::HashMap;
+
+use crate::onnx::external::ExternalStore;
+use crate::onnx::walk::Index;
+
+/// What role a slice plays (only producer, bias and consumer slices count in the score).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Producer,
+    Bias,
+    /// Per-channel parameters carried along (BatchNorm statistics, scale constants,
+    /// depthwise filters): sliced, not scored.
+    Param,
+    Consumer,
+}
+
+/// A constant tensor slice owned by a space: along `axis`, structure `c` owns the entries
+/// `offset + c*width .. offset + (c+1)*width`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slice {
+    /// Value name of the constant (initializer or Constant output) in the main graph.
+    pub tensor: String,
+    pub axis: usize,
+    pub offset: usize,
+    pub width: usize,
+    pub role: Role,
+}
+
+/// The kind of structure a space holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Conv/ConvTranspose output channels.
+    Channel,
+    /// Gemm/MatMul output features (MLP hidden neurons).
+    Neuron,
+    /// Attention heads.
+    Head,
+}
+
+/// One producer's structure axis and what it owns.
+#[derive(Clone, Debug)]
+pub struct Space {
+    pub kind: Kind,
+    /// Label of the producing node.
+    pub producer: String,
+    /// Number of structures (channels, neurons or heads).
+    pub n: usize,
+    pub slices: Vec<Slice>,
+    /// Why it cannot be pruned (the node or pattern that blocked it).
+    pub blocked: Option<String>,
+    /// Attribute rewrites implied by removal: (node index, attribute name) set to the new
+    /// count times `factor` (e.g. `num_heads`, a depthwise Conv's `group`).
+    pub attrs: Vec<AttrEdit>,
+    /// Shape constants to rewrite: (Reshape node index, position in the shape, per-structure
+    /// factor): the entry becomes `kept × factor`.
+    pub shapes: Vec<ShapeEdit>,
+    /// A BatchNormalization right after the producer rescales each channel by `γ/√(σ²+ε)`:
+    /// (scale, variance, epsilon). Scoring applies it to the producer's slices, as folding
+    /// the BN would, since the raw filter norm says nothing once BN renormalises it.
+    pub bn: Option<(String, String, f32)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttrEdit {
+    pub node: usize,
+    pub name: String,
+    pub factor: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShapeEdit {
+    pub node: usize,
+    pub position: usize,
+    pub factor: i64,
+}
+
+impl Space {
+    pub fn new(kind: Kind, producer: String, n: usize) -> Self {
+        Space { kind, producer, n, slices: vec![], blocked: None, attrs: vec![], shapes: vec![], bn: None }
+    }
+}
+
+/// Spaces coupled so that structure `c` is removed from all of them together.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub kind: Kind,
+    pub spaces: Vec<usize>,
+    pub n: usize,
+    /// The first reason any member is blocked.
+    pub blocked: Option<String>,
+}
+
+/// The result of the analysis.
+#[derive(Clone, Debug, Default)]
+pub struct Analysis {
+    pub spaces: Vec<Space>,
+    pub groups: Vec<Group>,
+}
+
+/// Which structures to look for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Conv output channels and MLP hidden neurons.
+    Channel,
+    /// Attention heads.
+    Head,
+}
+
+/// Finds every structure group of the main graph.
+pub fn analyse(ix: &Index, store: &ExternalStore, level: Level) -> Analysis {
+    let spaces = match level {
+        Level::Channel => graph::channel_spaces(ix, store),
+        Level::Head => heads::head_spaces(ix, store),
+    };
+    let (spaces, unions) = spaces;
+    Analysis { groups: group(&spaces, &unions), spaces }
+}
+
+/// Merges coupled spaces (union–find over `unions`) into groups.
+fn group(spaces: &[Space], unions: &[(usize, usize)]) -> Vec<Group> {
+    let mut parent: Vec<usize> = (0..spaces.len()).collect();
+    fn find(p: &mut [usize], x: usize) -> usize {
+        let mut r = x;
+        while p[r] != r {
+            r = p[r];
+        }
+        let mut y = x;
+        while p[y] != r {
+            let next = p[y];
+            p[y] = r;
+            y = next;
+        }
+        r
+    }
+    for &(a, b) in unions {
+        let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+        if ra != rb {
+            parent[ra.max(rb)] = ra.min(rb);
+        }
+    }
+    let mut by_root: HashMap<usize, Vec<usize>> = HashMap::new();
+    for i in 0..spaces.len() {
+        let r = find(&mut parent, i);
+        by_root.entry(r).or_default().push(i);
+    }
+    let mut roots: Vec<usize> = by_root.keys().copied().collect();
+    roots.sort_unstable();
+    roots
+        .into_iter()
+        .map(|r| {
+            let members = by_root.remove(&r).unwrap_or_default();
+            let n = spaces[members[0]].n;
+            let mismatch = members.iter().find(|&&m| spaces[m].n != n).map(|&m| {
+                format!(
+                    "coupled producers {} and {} have different widths",
+                    spaces[members[0]].producer, spaces[m].producer
+                )
+            });
+            let blocked = mismatch.or_else(|| members.iter().find_map(|&m| spaces[m].blocked.clone()));
+            Group { kind: spaces[members[0]].kind, spaces: members, n, blocked }
+        })
+        .collect()
+}

@@ -1,0 +1,230 @@
+//! `emprune diff` on real pairs (original vs pruned, storage variants, a sparse encoding, one
+//! changed attribute, errors) and byte-identical output whatever the thread count.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use emprune::onnx::proto::tensor_proto::DataType;
+use emprune::onnx::proto::{AttributeProto, ModelProto, SparseTensorProto, TensorProto};
+use serde_json::Value;
+
+use crate::support::*;
+
+fn diff(a: &Path, b: &Path, extra: &[&str]) -> (i32, Output) {
+    let mut args = vec!["diff", p(a), p(b)];
+    args.extend_from_slice(extra);
+    let out = emprune(&args);
+    (out.status.code().unwrap_or(-1), out)
+}
+
+fn diff_json(a: &Path, b: &Path) -> (i32, Value) {
+    let (code, out) = diff(a, b, &["--json"]);
+    assert!(code == 0 || code == 1, "diff failed: {}", String::from_utf8_lossy(&out.stderr));
+    (code, serde_json::from_slice(&out.stdout).expect("diff --json prints JSON"))
+}
+
+fn prune(m: &Path, out: &Path, scope: &str) -> Value {
+    ok_json(&["prune", p(m), "-o", p(out), "--scope", scope, "--no-validate", "--json", "--quiet"])
+}
+
+#[test]
+fn a_model_is_equivalent_to_itself() {
+    let m = model("digits_cnn.onnx");
+    let (code, r) = diff_json(&m, &m);
+    assert_eq!(code, 0);
+    assert_eq!(r["equivalent"], true);
+    assert_eq!(r["tensors_changed"], 0);
+    assert!(r["a"]["params"].as_u64().unwrap() > 0);
+    assert_eq!(r["a"]["macs"], r["b"]["macs"]);
+    let (code, text) = diff(&m, &m, &[]);
+    assert_eq!(code, 0);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("models are equivalent"));
+}
+
+#[test]
+fn original_vs_dense_pruned_shows_every_pruned_weight() {
+    for (m, scope) in [("digits_mlp.onnx", "global"), ("digits_cnn.onnx", "row"), ("digits_mlp_ext.onnx", "tensor")] {
+        let dir = tmp();
+        let out = dir.path().join("out.onnx");
+        let rep = prune(&model(m), &out, scope);
+        let (code, d) = diff_json(&model(m), &out);
+        assert_eq!(code, 1, "{m}: a pruned model differs");
+        assert_eq!(d["equivalent"], false);
+        assert_eq!(d["nodes_changed"].as_u64().unwrap() + d["nodes_added"].as_u64().unwrap(), 0, "{m}");
+        let rows = d["tensors"].as_array().unwrap();
+        for t in rep["tensors"].as_array().unwrap() {
+            let name = t["name"].as_str().unwrap();
+            let row = rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{m}: no row for {name}"));
+            assert_eq!(row["change"], "changed", "{m} {name}");
+            assert_eq!(row["changed"], serde_json::json!(["values"]), "{m} {name}: dense keeps shape/dtype/storage");
+            assert_eq!(row["a"]["nonzero"], t["nonzero_before"], "{m} {name}");
+            assert_eq!(row["b"]["nonzero"], t["kept"], "{m} {name}");
+            assert!(row["b"]["n_eff"].as_f64().unwrap() <= row["b"]["nonzero"].as_f64().unwrap() + 1e-6);
+            assert!(row["a"]["n_eff"].as_f64().unwrap() >= 1.0);
+        }
+        assert_eq!(d["a"]["params"], d["b"]["params"]);
+        assert_eq!(
+            d["b"]["nonzero_params"].as_u64().unwrap() + rep_dropped(&rep),
+            d["a"]["nonzero_params"].as_u64().unwrap()
+        );
+        assert_eq!(d["a"]["macs"], d["b"]["macs"]);
+        assert!(d["b"]["nonzero_macs"].as_u64().unwrap() < d["a"]["nonzero_macs"].as_u64().unwrap(), "{m}");
+        let (_, text) = diff(&model(m), &out, &[]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("models differ") && text.contains("non-zero A -> B"), "{text}");
+    }
+}
+
+fn rep_dropped(rep: &Value) -> u64 {
+    rep["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["nonzero_before"].as_u64().unwrap() - t["kept"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn storage_only_differences_are_reported_but_equivalent() {
+    // The external-data and typed-field variants hold the same weights as digits_mlp.onnx.
+    for other in ["digits_mlp_ext.onnx", "digits_mlp_typed.onnx"] {
+        let (code, d) = diff_json(&model("digits_mlp.onnx"), &model(other));
+        let changed: Vec<&Value> = d["tensors"].as_array().unwrap().iter().filter(|r| r["change"] != "same").collect();
+        assert!(!changed.is_empty(), "{other}: storage changes are listed");
+        for r in &changed {
+            assert_eq!(r["changed"], serde_json::json!(["storage"]), "{other}: {r}");
+        }
+        assert_eq!(code, 0, "{other}: same values in another storage are equivalent");
+    }
+}
+
+/// `src` with its first 2-D float initializer moved to `sparse_initializer`: only non-zero
+/// entries, linear INT64 indices, values in typed `float_data`.
+fn sparse_variant(src: &Path, dir: &Path) -> (std::path::PathBuf, String) {
+    let mut m: ModelProto = load_proto(src);
+    m.ir_version = m.ir_version.max(8);
+    let g = m.graph.as_mut().unwrap();
+    let pos = g.initializer.iter().position(|t| t.dims.len() == 2).unwrap();
+    let t = g.initializer.remove(pos);
+    let vals: Vec<f32> = t.raw_data.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let kept: Vec<(i64, f32)> =
+        vals.iter().enumerate().filter(|(_, &v)| v != 0.0).map(|(i, &v)| (i as i64, v)).collect();
+    let values = TensorProto {
+        name: t.name.clone(),
+        dims: vec![kept.len() as i64],
+        data_type: DataType::Float as i32,
+        float_data: kept.iter().map(|k| k.1).collect(),
+        ..Default::default()
+    };
+    let indices = TensorProto {
+        dims: vec![kept.len() as i64],
+        data_type: DataType::Int64 as i32,
+        int64_data: kept.iter().map(|k| k.0).collect(),
+        ..Default::default()
+    };
+    g.sparse_initializer.push(SparseTensorProto { values: Some(values), indices: Some(indices), dims: t.dims.clone() });
+    let path = dir.join("sparse.onnx");
+    write_model(&path, &m);
+    (path, t.name)
+}
+
+fn row_of(d: &Value, name: &str) -> Value {
+    d["tensors"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap().clone()
+}
+
+#[test]
+fn sparse_initializers_are_read_without_densifying() {
+    let dir = tmp();
+    let pruned = dir.path().join("pruned.onnx");
+    prune(&model("digits_mlp.onnx"), &pruned, "tensor");
+    let (sparse, name) = sparse_variant(&pruned, dir.path());
+    // Dense zeros vs the same weight as a sparse initializer: storage only.
+    let (code, d) = diff_json(&pruned, &sparse);
+    let row = row_of(&d, &name);
+    assert_eq!(row["changed"], serde_json::json!(["storage"]), "{row}");
+    assert_eq!(row["b"]["storage"], "sparse");
+    assert_eq!(row["a"]["nonzero"], row["b"]["nonzero"]);
+    assert_eq!(row["a"]["shape"], row["b"]["shape"]);
+    assert!(row["b"]["sparsity"].as_f64().unwrap() > 0.1);
+    assert_eq!(row["a"]["n_eff"], row["b"]["n_eff"]);
+    assert_eq!(code, 0, "the same values as a sparse initializer are equivalent");
+    // The original against the sparse pruned model: values differ, MACs still counted.
+    let (code, d) = diff_json(&model("digits_mlp.onnx"), &sparse);
+    assert_eq!(code, 1);
+    let row = row_of(&d, &name);
+    assert_eq!(row["changed"], serde_json::json!(["storage", "values"]), "{row}");
+    assert_eq!(d["a"]["macs"], d["b"]["macs"]);
+}
+
+#[test]
+fn one_changed_attribute_is_a_node_change() {
+    let dir = tmp();
+    let mut m = load_proto(&model("digits_cnn.onnx"));
+    let g = m.graph.as_mut().unwrap();
+    let conv = g.node.iter_mut().find(|n| n.op_type == "Conv").expect("a Conv node");
+    let conv_name = conv.name.clone();
+    match conv.attribute.iter_mut().find(|a| a.name == "strides") {
+        Some(a) => a.ints = vec![2; a.ints.len()],
+        None => conv.attribute.push(AttributeProto {
+            name: "strides".into(),
+            r#type: 7,
+            ints: vec![2, 2],
+            ..Default::default()
+        }),
+    }
+    let b = dir.path().join("strided.onnx");
+    write_model(&b, &m);
+    let (code, d) = diff_json(&model("digits_cnn.onnx"), &b);
+    assert_eq!(code, 1);
+    assert_eq!(d["nodes_changed"], 1);
+    assert_eq!(d["tensors_changed"], 0);
+    let node = &d["nodes"][0];
+    assert_eq!(node["op_a"], "Conv");
+    if !conv_name.is_empty() {
+        assert_eq!(node["node"], conv_name.as_str());
+    }
+    let details = node["details"].as_array().unwrap();
+    assert!(details.iter().any(|x| x.as_str().unwrap().contains("strides")), "{details:?}");
+    let (_, text) = diff(&model("digits_cnn.onnx"), &b, &[]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("strides"));
+}
+
+#[test]
+fn diff_errors_exit_2() {
+    let dir = tmp();
+    let missing = dir.path().join("nope.onnx");
+    let (code, out) = diff(&model("digits_mlp.onnx"), &missing, &[]);
+    assert_eq!(code, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.onnx"));
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"not a model").unwrap();
+    assert_eq!(diff(&junk, &model("digits_mlp.onnx"), &[]).0, 2);
+}
+
+fn prune_with_threads(m: &Path, out: &Path, scope: &str, threads: &str) {
+    let o = Command::new(env!("CARGO_BIN_EXE_emprune"))
+        .args(["prune", p(m), "-o", p(out), "--scope", scope, "--no-validate", "--json"])
+        .env("RAYON_NUM_THREADS", threads)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn output_is_byte_identical_whatever_the_thread_count() {
+    for m in ["digits_cnn.onnx", "tiny_encoder.onnx", "digits_mlp_ext.onnx", "digits_mlp_f16.onnx"] {
+        for scope in SCOPES {
+            // Same file name in two folders: the data file's name is part of the model file.
+            let (x, y) = (tmp(), tmp());
+            let (one, two) = (x.path().join("out.onnx"), y.path().join("out.onnx"));
+            prune_with_threads(&model(m), &one, scope, "1");
+            prune_with_threads(&model(m), &two, scope, "2");
+            assert!(std::fs::read(&one).unwrap() == std::fs::read(&two).unwrap(), "{m} {scope}: model files differ");
+            let (d1, d2) = (x.path().join("out.onnx.data"), y.path().join("out.onnx.data"));
+            assert_eq!(d1.exists(), d2.exists());
+            if d1.exists() {
+                assert!(std::fs::read(&d1).unwrap() == std::fs::read(&d2).unwrap(), "{m} {scope}: data files differ");
+            }
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Structured pruning: exactness of removal (structures zeroed beforehand give the same
+//! outputs once removed) on the bundled models and on random conv/MLP graphs, accuracy and size
+//! on the trained models, attention heads, and blocking by unknown ops.
+
+use std::path::Path;
+
+use emprune::onnx::proto::tensor_proto::DataType;
+use emprune::onnx::proto::{
+    tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use emprune::onnx::Model;
+use emprune::rewrite::remove::{self, Keeps};
+use emprune::rng::Rng;
+use emprune::structure::{analyse, Analysis, Level, Role};
+use proptest::prelude::*;
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Zeroes, in a copy of the model, every scored slice (producer rows, biases, consumer
+/// columns) and parameter slice of the structures `keeps` drops.
+fn zero_dropped(model: &Model, a: &Analysis, keeps: &Keeps) -> ModelProto {
+    let mut proto = model.proto.clone();
+    let g = proto.graph.as_mut().unwrap();
+    for (group, keep) in a.groups.iter().zip(keeps) {
+        let Some(keep) = keep else { continue };
+        for &s in &group.spaces {
+            let space = &a.spaces[s];
+            for slice in space.slices.iter().filter(|s| s.role != Role::Param) {
+                let t = g.initializer.iter_mut().find(|t| t.name == slice.tensor).expect("slice of an initializer");
+                let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+                let mut vals: Vec<f32> =
+                    t.raw_data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                let inner: usize = dims[slice.axis + 1..].iter().product();
+                for (i, v) in vals.iter_mut().enumerate() {
+                    let idx = (i / inner) % dims[slice.axis];
+                    if idx >= slice.offset && idx < slice.offset + space.n * slice.width {
+                        let c = (idx - slice.offset) / slice.width;
+                        if !keep.contains(&c) {
+                            *v = 0.0;
+                        }
+                    }
+                }
+                t.raw_data = vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into();
+            }
+        }
+    }
+    proto
+}
+
+/// Writes the zeroed and the structurally pruned versions of `path` and compares them with
+/// `emprune validate`; returns the validation JSON.
+fn exactness(path: &Path, level: Level, pick: impl Fn(usize, usize) -> Option<Vec<usize>>) -> Value {
+    let model = Model::load(path).unwrap();
+    let ix = emprune::onnx::walk::Index::build(&model.proto);
+    let a = analyse(&ix, &model.external, level);
+    let keeps: Keeps = a
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| if g.blocked.is_none() && g.n > 1 { pick(i, g.n) } else { None })
+        .collect();
+    assert!(keeps.iter().any(Option::is_some), "{path:?}: nothing to remove");
+    let dir = tmp();
+    let zeroed = dir.path().join("zeroed.onnx");
+    write_model(&zeroed, &zero_dropped(&model, &a, &keeps));
+    let mut removed = model.proto.clone();
+    remove::remove(&mut removed, &model.external, &a, &keeps).unwrap();
+    let pruned = dir.path().join("removed.onnx");
+    write_model(&pruned, &removed);
+    let r = ok_json(&["validate", p(&zeroed), p(&pruned), "--min-cosine", "0.9999", "--json"]);
+    r["validation"].clone()
+}
+
+/// Keeps every other structure (at least one).
+fn every_other(_: usize, n: usize) -> Option<Vec<usize>> {
+    Some((0..n).step_by(2).collect())
+}
+
+fn max_abs(v: &Value) -> f64 {
+    v["outputs"].as_array().unwrap().iter().map(|o| o["max_abs"].as_f64().unwrap()).fold(0.0, f64::max)
+}
+
+#[test]
+fn removal_is_exact_on_bundled_models() {
+    for (m, level) in [
+        ("digits_mlp.onnx", Level::Channel),
+        ("digits_cnn.onnx", Level::Channel),
+        ("digits_cnn_bnfold.onnx", Level::Channel),
+        ("tiny_encoder.onnx", Level::Channel),
+        ("tiny_encoder.onnx", Level::Head),
+    ] {
+        let v = exactness(&model(m), level, every_other);
+        assert!(max_abs(&v) < 1e-4, "{m} {level:?}: max |Δ| {} — removal changed the function", max_abs(&v));
+    }
+}
+
+#[test]
+fn trained_mlp_and_cnn_shrink_with_little_accuracy_loss() {
+    for (m, x) in [("digits_mlp.onnx", "digits_test_x.npy"), ("digits_cnn.onnx", "digits_test_x_img.npy")] {
+        let dir = tmp();
+        let out = dir.path().join("s.onnx");
+        let input = format!("input={}", p(&model(x)));
+        let r = ok_json(&[
+            "prune",
+            p(&model(m)),
+            "-o",
+            p(&out),
+            "--level",
+            "channel",
+            "--input",
+            &input,
+            "--labels",
+            p(&model("digits_test_y.npy")),
+            "--json",
+        ]);
+        assert_eq!(r["format"], "structured");
+        assert_eq!(r["level"], "channel");
+        let removed: usize =
+            r["structures"].as_array().unwrap().iter().map(|s| s["removed"].as_array().unwrap().len()).sum();
+        assert!(removed > 0, "{m}: nothing removed");
+        let t = &r["totals"];
+        assert!(t["bytes_after"].as_u64() < t["bytes_before"].as_u64(), "{m}: file did not shrink");
+        assert!(t["macs_after"].as_u64() < t["macs_before"].as_u64(), "{m}: MACs did not drop");
+        assert!(t["kept"].as_u64() < t["params"].as_u64());
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), t["bytes_after"].as_u64().unwrap());
+        let v = &r["validation"];
+        let acc = &v["accuracy"];
+        let (dense, pruned) = (acc["original"].as_f64().unwrap(), acc["pruned"].as_f64().unwrap());
+        let speed = v["latency_original_ms"].as_f64().unwrap() / v["latency_pruned_ms"].as_f64().unwrap();
+        eprintln!(
+            "{m}: removed {removed} structures, accuracy {dense:.4} -> {pruned:.4}, tract speed ratio {speed:.2}"
+        );
+        if m == "digits_mlp.onnx" {
+            assert!(pruned >= dense - 0.02, "{m}: accuracy fell from {dense} to {pruned}");
+        }
+        // The graph output keeps its width: the last layer is reported as blocked.
+        let last = r["structures"].as_array().unwrap().last().unwrap();
+        assert!(last["blocked"].as_str().unwrap().contains("graph output"));
+    }
+}
+
+#[test]
+fn encoder_loses_heads_below_beta_one_and_reports_them() {
+    let dir = tmp();
+    let out = dir.path().join("h.onnx");
+    let r = ok_json(&[
+        "prune",
+        p(&model("tiny_encoder.onnx")),
+        "-o",
+        p(&out),
+        "--level",
+        "head",
+        "--beta",
+        "0.75",
+        "--min-cosine",
+        "0",
+        "--json",
+    ]);
+    let heads = r["structures"].as_array().unwrap();
+    assert_eq!(heads.len(), 2, "two attention layers");
+    for h in heads {
+        assert_eq!(h["kind"], "head");
+        assert_eq!(h["n"], 4);
+        assert!(h["kept"].as_u64().unwrap() < 4 && h["kept"].as_u64().unwrap() >= 1);
+        assert_eq!(h["removed"].as_array().unwrap().len() as u64 + h["kept"].as_u64().unwrap(), 4);
+    }
+    let cos = r["validation"]["outputs"][0]["cosine"].as_f64().unwrap();
+    eprintln!("tiny_encoder heads at beta 0.75: cosine {cos:.4}");
+    assert!(cos > 0.0);
+    // Both Reshape forms were rewritten: the pruned model runs (validation ran) and its
+    // projections are narrower.
+    let m = load_proto(&out);
+    let q =
+        m.graph.as_ref().unwrap().initializer.iter().find(|t| t.name.contains("q_proj") && t.dims.len() == 2).unwrap();
+    assert!(q.dims[1] < 32, "Q projection still has {} columns", q.dims[1]);
+}
+
+#[test]
+fn global_head_scope_never_empties_a_layer() {
+    let r = ok_json(&[
+        "inspect",
+        p(&model("tiny_encoder.onnx")),
+        "--level",
+        "head",
+        "--scope",
+        "global",
+        "--beta",
+        "0.3",
+        "--json",
+    ]);
+    for h in r["structures"].as_array().unwrap() {
+        assert!(h["kept"].as_u64().unwrap() >= 1);
+    }
+    assert!(r["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap().starts_with("global EMP over 8 structures")));
+}
+
+// ---------- random graphs ----------
+
+fn f32_init(name: &str, dims: &[usize], rng: &mut Rng) -> TensorProto {
+    let n: usize = dims.iter().product();
+    let raw: Vec<u8> = (0..n).flat_map(|_| ((rng.normal() * 0.5) as f32).to_le_bytes()).collect();
+    TensorProto {
+        name: name.into(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::Float as i32,
+        raw_data: raw.into(),
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, name: &str, ins: &[&str], outs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: ins.iter().map(|s| s.to_string()).collect(),
+        output: outs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), ints: v.to_vec(), r#type: 7, ..Default::default() }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), i: v, r#type: 2, ..Default::default() }
+}
+
+fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|&d| tensor_shape_proto::Dimension {
+            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// conv → BN → Relu → [residual conv + Add] → [two convs + Concat] → [depthwise conv] →
+/// GlobalAveragePool → Flatten → Gemm → Relu → Gemm.
+fn random_graph(seed: u64, c: usize, residual: bool, concat: bool, depthwise: bool, hidden: usize) -> ModelProto {
+    let mut rng = Rng::new(seed);
+    let pads = || ints("pads", &[1, 1, 1, 1]);
+    let mut inits = vec![f32_init("w0", &[c, 2, 3, 3], &mut rng), f32_init("b0", &[c], &mut rng)];
+    for p in ["bn_s", "bn_b", "bn_m"] {
+        inits.push(f32_init(p, &[c], &mut rng));
+    }
+    let var: Vec<u8> = (0..c).flat_map(|i| (1.0f32 + i as f32 * 0.1).to_le_bytes()).collect();
+    inits.push(TensorProto {
+        name: "bn_v".into(),
+        dims: vec![c as i64],
+        data_type: 1,
+        raw_data: var.into(),
+        ..Default::default()
+    });
+    let mut nodes = vec![
+        node("Conv", "conv0", &["x", "w0", "b0"], &["c0"], vec![pads()]),
+        node("BatchNormalization", "bn0", &["c0", "bn_s", "bn_b", "bn_m", "bn_v"], &["n0"], vec![]),
+        node("Relu", "relu0", &["n0"], &["h"], vec![]),
+    ];
+    let mut cur = "h".to_string();
+    let mut width = c;
+    if residual {
+        inits.push(f32_init("w1", &[c, c, 3, 3], &mut rng));
+        nodes.push(node("Conv", "conv1", &[&cur, "w1"], &["c1"], vec![pads()]));
+        nodes.push(node("Add", "res", &["c1", &cur], &["r"], vec![]));
+        cur = "r".into();
+    }
+    if concat {
+        inits.push(f32_init("wa", &[3, c, 3, 3], &mut rng));
+        inits.push(f32_init("wb", &[2, c, 1, 1], &mut rng));
+        nodes.push(node("Conv", "conva", &[&cur, "wa"], &["ca"], vec![pads()]));
+        nodes.push(node("Conv", "convb", &[&cur, "wb"], &["cb"], vec![]));
+        nodes.push(node("Concat", "cat", &["ca", "cb"], &["cat"], vec![int("axis", 1)]));
+        cur = "cat".into();
+        width = 5;
+    }
+    if depthwise {
+        inits.push(f32_init("wd", &[width, 1, 3, 3], &mut rng));
+        nodes.push(node("Conv", "dw", &[&cur, "wd"], &["d"], vec![pads(), int("group", width as i64)]));
+        cur = "d".into();
+    }
+    inits.push(f32_init("f1", &[width, hidden], &mut rng));
+    inits.push(f32_init("f1b", &[hidden], &mut rng));
+    inits.push(f32_init("f2", &[hidden, 5], &mut rng));
+    nodes.push(node("GlobalAveragePool", "gap", &[&cur], &["g"], vec![]));
+    nodes.push(node("Flatten", "flat", &["g"], &["f"], vec![int("axis", 1)]));
+    nodes.push(node("Gemm", "fc1", &["f", "f1", "f1b"], &["z"], vec![]));
+    nodes.push(node("Relu", "relu1", &["z"], &["a"], vec![]));
+    nodes.push(node("Gemm", "fc2", &["a", "f2"], &["y"], vec![]));
+    let graph = GraphProto {
+        name: "random".into(),
+        node: nodes,
+        initializer: inits,
+        input: vec![value("x", &[2, 2, 6, 6])],
+        output: vec![value("y", &[2, 5])],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn removal_is_exact_on_random_graphs(
+        seed in 0u64..1000, c in 2usize..7, residual in any::<bool>(), concat in any::<bool>(),
+        depthwise in any::<bool>(), hidden in 2usize..9, keep_seed in 0u64..1000,
+    ) {
+        let dir = tmp();
+        let path = dir.path().join("g.onnx");
+        write_model(&path, &random_graph(seed, c, residual, concat, depthwise, hidden));
+        let pick = |i: usize, n: usize| {
+            let mut rng = Rng::new(keep_seed + i as u64);
+            let mut keep: Vec<usize> = (0..n).filter(|_| rng.uniform() < 0.6).collect();
+            if keep.is_empty() { keep.push((rng.next_u64() % n as u64) as usize); }
+            Some(keep)
+        };
+        let v = exactness(&path, Level::Channel, pick);
+        prop_assert!(max_abs(&v) < 1e-4, "max |Δ| {}", max_abs(&v));
+    }
+}
