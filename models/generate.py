@@ -12,6 +12,11 @@ Written next to this script:
 * ``digits_cnn.onnx``         Conv-BN-Relu x2, MaxPool, Flatten, 2x Gemm
 * ``digits_cnn_bnfold.onnx``  the same CNN with BatchNorm folded into the Convs
 * ``tiny_encoder.onnx``       2-layer transformer encoder over 8 row tokens
+* ``digits_resnet.onnx``      ResNet-style CNN (residual Adds, a Concat of two conv branches)
+* ``tiny_encoder_msattn.onnx`` the encoder with fused com.microsoft.Attention nodes
+* ``digits_mlp_blocked.onnx`` the MLP with an identity Einsum between relu1 and fc2
+* ``digits_dct.onnx``         fixed (not trained) DCT basis MatMul, then a trained
+  2-layer MLP: a model with a weight-shaped fixed transform, for ``--guard``
 * storage variants of the MLP (f16/bf16/f16-full/f64 weights, external data,
   Constant nodes, an If node, typed ``float_data``)
 * ``digits_*.npy``            test split and calibration inputs
@@ -202,6 +207,41 @@ def train_mlp(data: Digits) -> Params:
                       epochs=100, lr=1e-3)
 
 
+# --- Fixed DCT front end + trained MLP (for --guard) -----------------------
+
+DCT_SCALE = 1.0 / 16.0
+DCT_LAYERS = [("fc1", 64, 32), ("fc2", 32, 10)]
+
+
+def dct_basis() -> np.ndarray:
+    """[64 pixels, 64 coefficients]: the orthonormal 2-D DCT-II of an 8x8 image,
+    scaled by ``DCT_SCALE`` (small in absolute scale, like a normalised STFT
+    analysis window). ``pixels @ basis`` gives the scaled coefficients."""
+    n = 8
+    k = np.arange(n)
+    c = np.sqrt(np.where(k == 0, 1.0 / n, 2.0 / n))
+    d1 = c[:, None] * np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n))  # [freq, pos]
+    d2 = np.einsum("uy,vx->uvyx", d1, d1).reshape(n * n, n * n)  # [coef, pixel]
+    return (d2.T * DCT_SCALE).astype(np.float64)
+
+
+def dct_forward(p, x):
+    h = anp.dot(x, dct_basis())
+    h = relu(anp.dot(h, p["fc1.weight"].T) + p["fc1.bias"])
+    return anp.dot(h, p["fc2.weight"].T) + p["fc2.bias"]
+
+
+def train_dct_mlp(data: Digits) -> Params:
+    rng = np.random.default_rng(SEED)
+    params = {}
+    for name, n_in, n_out in DCT_LAYERS:
+        params[f"{name}.weight"] = he_normal(rng, (n_out, n_in), n_in)
+        params[f"{name}.bias"] = np.zeros(n_out)
+    loss = lambda p, x, y: cross_entropy(dct_forward(p, x), y)
+    return train_adam(loss, params, data.x_train.astype(np.float64), data.y_train,
+                      epochs=100, lr=3e-3)
+
+
 # --- CNN -------------------------------------------------------------------
 
 
@@ -307,6 +347,81 @@ def fold_batch_norm(params: Params, state: Params) -> Params:
         folded[f"{conv}.weight"] = params[f"{conv}.weight"] * scale[:, None, None, None]
         folded[f"{conv}.bias"] = params[f"{bn}.bias"] - state[f"{bn}.running_mean"] * scale
     return folded
+
+
+# --- ResNet-style CNN --------------------------------------------------------
+
+# (conv, bn, in channels, out channels, kernel size).  No Conv has a bias: a
+# BatchNormalization follows each of them.
+RESNET_CONVS = [
+    ("conv1", "bn1", 1, 16, 3),
+    ("block1.conv1", "block1.bn1", 16, 16, 3),
+    ("block1.conv2", "block1.bn2", 16, 16, 3),
+    ("branch3x3.conv", "branch3x3.bn", 16, 8, 3),
+    ("branch1x1.conv", "branch1x1.bn", 16, 8, 1),
+    ("block2.conv1", "block2.bn1", 16, 16, 3),
+    ("block2.conv2", "block2.bn2", 16, 16, 3),
+]
+RESNET_FCS = [("fc1", 256, 32), ("fc2", 32, 10)]
+
+
+def conv1x1(x, w):
+    """1x1 convolution, no bias (NCHW / OIHW)."""
+    return anp.einsum("nchw,oc->nohw", x, w[:, :, 0, 0])
+
+
+def resnet_forward(p, state, x, batch_stats=None):
+    def conv_bn(h, conv, bn):
+        w = p[f"{conv}.weight"]
+        h = conv3x3(h, w) if w.shape[2] == 3 else conv1x1(h, w)
+        return batch_norm(h, p, state, bn, batch_stats)
+
+    def residual_block(h, name):
+        out = relu(conv_bn(h, f"{name}.conv1", f"{name}.bn1"))
+        return relu(conv_bn(out, f"{name}.conv2", f"{name}.bn2") + h)
+
+    h = relu(conv_bn(x, "conv1", "bn1"))
+    h = residual_block(h, "block1")
+    h = anp.concatenate([relu(conv_bn(h, "branch3x3.conv", "branch3x3.bn")),
+                         relu(conv_bn(h, "branch1x1.conv", "branch1x1.bn"))], axis=1)
+    h = residual_block(h, "block2")
+    n, c, height, width = h.shape
+    h = anp.max(anp.reshape(h, (n, c, height // 2, 2, width // 2, 2)), axis=(3, 5))
+    h = anp.reshape(h, (n, -1))
+    h = relu(anp.dot(h, p["fc1.weight"].T) + p["fc1.bias"])
+    return anp.dot(h, p["fc2.weight"].T) + p["fc2.bias"]
+
+
+def train_resnet(data: Digits) -> tuple[Params, Params]:
+    """Returns (trainable parameters, BatchNorm running statistics)."""
+    rng = np.random.default_rng(SEED)
+    params: Params = {}
+    state: Params = {}
+    for conv, bn, c_in, c_out, k in RESNET_CONVS:
+        params[f"{conv}.weight"] = he_normal(rng, (c_out, c_in, k, k), c_in * k * k)
+        params[f"{bn}.weight"] = np.ones(c_out)
+        params[f"{bn}.bias"] = np.zeros(c_out)
+        state[f"{bn}.running_mean"] = np.zeros(c_out)
+        state[f"{bn}.running_var"] = np.ones(c_out)
+    for name, n_in, n_out in RESNET_FCS:
+        params[f"{name}.weight"] = he_normal(rng, (n_out, n_in), n_in)
+        params[f"{name}.bias"] = np.zeros(n_out)
+    batch_stats = {}
+
+    def loss(p, x, y):
+        return cross_entropy(resnet_forward(p, state, x, batch_stats), y)
+
+    def update_running_stats():
+        # As in train_cnn: PyTorch convention, unbiased running variance.
+        for name, (mean, var, count) in batch_stats.items():
+            for stat, value in [("running_mean", mean), ("running_var", var * count / (count - 1))]:
+                key = f"{name}.{stat}"
+                state[key] = (1 - BN_MOMENTUM) * state[key] + BN_MOMENTUM * value
+
+    x = as_images(data.x_train).astype(np.float64)
+    params = train_adam(loss, params, x, data.y_train, epochs=20, lr=2e-3,
+                        after_step=update_running_stats)
+    return params, state
 
 
 # --- Transformer encoder ---------------------------------------------------
@@ -514,6 +629,22 @@ def build_mlp_if(params: Params) -> onnx.ModelProto:
     return make_model(graph)
 
 
+def build_dct(params: Params) -> onnx.ModelProto:
+    """MatMul with the fixed ``dct.basis`` [64, 64], then Gemm 64→32, Relu, Gemm 32→10."""
+    b = GraphBuilder()
+    basis = b.initializer("dct.basis", f32(dct_basis()))
+    h = b.op("MatMul", ["input", basis], "dct")
+    w1 = b.initializer("fc1.weight", f32(params["fc1.weight"]))
+    b1 = b.initializer("fc1.bias", f32(params["fc1.bias"]))
+    h = b.op("Relu", [b.op("Gemm", [h, w1, b1], "fc1", transB=1)], "relu1")
+    w2 = b.initializer("fc2.weight", f32(params["fc2.weight"]))
+    b2 = b.initializer("fc2.bias", f32(params["fc2.bias"]))
+    b.op("Gemm", [h, w2, b2], "fc2", output="logits", transB=1)
+    graph = b.graph("digits_dct", [tensor_info("input", TensorProto.FLOAT, ["N", 64])],
+                    [tensor_info("logits", TensorProto.FLOAT, ["N", 10])])
+    return make_model(graph)
+
+
 def build_cnn(params: Params, state: Params | None) -> onnx.ModelProto:
     """The digits CNN.  With ``state`` (BN running stats) the Convs have no bias
     and are followed by BatchNormalization; without it ``params`` must be
@@ -547,6 +678,57 @@ def build_cnn(params: Params, state: Params | None) -> onnx.ModelProto:
     return make_model(graph)
 
 
+def build_mlp_blocked(params: Params) -> onnx.ModelProto:
+    """The MLP with an identity ``Einsum("bi->bi")`` between relu1 and fc2: an op
+    structured pruning does not know, so it must not propagate through it."""
+    b = GraphBuilder()
+    h = mlp_layer(b, "input", params, 1, store_initializer)
+    h = b.op("Einsum", [h], "identity_einsum", equation="bi->bi")
+    h = mlp_layer(b, h, params, 2, store_initializer)
+    mlp_layer(b, h, params, 3, store_initializer, output="logits")
+    graph = b.graph("digits_mlp_blocked", [tensor_info("input", TensorProto.FLOAT, ["N", 64])],
+                    [tensor_info("logits", TensorProto.FLOAT, ["N", 10])])
+    return make_model(graph)
+
+
+def build_resnet(params: Params, state: Params) -> onnx.ModelProto:
+    """The ResNet-style CNN; node names are the weight prefixes with '.' -> '_'."""
+    b = GraphBuilder()
+
+    def conv_bn(h: str, conv: str, bn: str) -> str:
+        weight = f32(params[f"{conv}.weight"])
+        k = weight.shape[2]
+        h = b.op("Conv", [h, b.initializer(f"{conv}.weight", weight)], conv.replace(".", "_"),
+                 kernel_shape=[k, k], pads=[k // 2] * 4, strides=[1, 1])
+        bn_inputs = [f"{bn}.weight", f"{bn}.bias", f"{bn}.running_mean", f"{bn}.running_var"]
+        for key in bn_inputs:
+            b.initializer(key, f32(params[key] if key in params else state[key]))
+        return b.op("BatchNormalization", [h, *bn_inputs], bn.replace(".", "_"), epsilon=BN_EPS)
+
+    def residual_block(x: str, name: str) -> str:
+        h = b.op("Relu", [conv_bn(x, f"{name}.conv1", f"{name}.bn1")], f"{name}_relu1")
+        h = b.op("Add", [conv_bn(h, f"{name}.conv2", f"{name}.bn2"), x], f"{name}_add")
+        return b.op("Relu", [h], f"{name}_relu2")
+
+    h = b.op("Relu", [conv_bn("input", "conv1", "bn1")], "relu1")
+    h = residual_block(h, "block1")
+    branches = [b.op("Relu", [conv_bn(h, f"{branch}.conv", f"{branch}.bn")], f"{branch}_relu")
+                for branch in ("branch3x3", "branch1x1")]
+    h = b.op("Concat", branches, "concat", axis=1)
+    h = residual_block(h, "block2")
+    h = b.op("MaxPool", [h], "pool", kernel_shape=[2, 2], strides=[2, 2])
+    h = b.op("Flatten", [h], "flatten", axis=1)
+    for name, output in [("fc1", None), ("fc2", "logits")]:
+        weight = b.initializer(f"{name}.weight", f32(params[f"{name}.weight"]))
+        bias = b.initializer(f"{name}.bias", f32(params[f"{name}.bias"]))
+        h = b.op("Gemm", [h, weight, bias], name, output=output, transB=1)
+        if output is None:
+            h = b.op("Relu", [h], "fc1_relu")
+    graph = b.graph("digits_resnet", [tensor_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                    [tensor_info("logits", TensorProto.FLOAT, ["N", 10])])
+    return make_model(graph)
+
+
 def onnx_linear(b: GraphBuilder, x: str, params: Params, name: str, output: str | None = None) -> str:
     """MatMul with a [in, out] initializer followed by a bias Add."""
     node = name.replace(".", "_")
@@ -576,6 +758,20 @@ def onnx_attention(b: GraphBuilder, h: str, params: Params, layer: str,
     return onnx_linear(b, context, params, f"{layer}.out_proj")
 
 
+MS_DOMAIN = "com.microsoft"
+
+
+def onnx_ms_attention(b: GraphBuilder, h: str, params: Params, layer: str) -> str:
+    """Self-attention as one fused ``com.microsoft.Attention`` node (packed Q|K|V
+    weight [32, 96] and bias [96], ``num_heads``), then the out_proj MatMul + Add."""
+    weight = np.concatenate([params[f"{layer}.{x}_proj.weight"] for x in "qkv"], axis=1)
+    bias = np.concatenate([params[f"{layer}.{x}_proj.bias"] for x in "qkv"])
+    inputs = [h, b.initializer(f"{layer}.qkv.weight", f32(weight)),
+              b.initializer(f"{layer}.qkv.bias", f32(bias))]
+    context = b.op("Attention", inputs, f"{layer}_attention", domain=MS_DOMAIN, num_heads=HEADS)
+    return onnx_linear(b, context, params, f"{layer}.out_proj")
+
+
 def onnx_layer_norm(b: GraphBuilder, x: str, params: Params, name: str) -> str:
     scale = b.initializer(f"{name}.weight", f32(params[f"{name}.weight"]))
     bias = b.initializer(f"{name}.bias", f32(params[f"{name}.bias"]))
@@ -591,15 +787,19 @@ def reshape_shapes(b: GraphBuilder, layer: int) -> tuple[str, str]:
             b.constant(f"l{layer}.merge_shape", np.array([0, 0, -1], dtype=np.int64)))
 
 
-def build_encoder(params: Params) -> onnx.ModelProto:
+def build_encoder(params: Params, fused_attention: bool = False) -> onnx.ModelProto:
+    """With ``fused_attention`` each self-attention is one com.microsoft.Attention."""
     b = GraphBuilder()
     h = onnx_linear(b, "input", params, "embed")
     pos = b.initializer("pos_embedding", f32(params["pos_embedding"]))
     h = b.op("Add", [h, pos], "pos_add")
     for i in range(ENCODER_LAYERS):
         layer = f"l{i}"
-        heads_shape, merge_shape = reshape_shapes(b, i)
-        attn = onnx_attention(b, h, params, layer, heads_shape, merge_shape)
+        if fused_attention:
+            attn = onnx_ms_attention(b, h, params, layer)
+        else:
+            heads_shape, merge_shape = reshape_shapes(b, i)
+            attn = onnx_attention(b, h, params, layer, heads_shape, merge_shape)
         h = b.op("Add", [h, attn], f"{layer}_residual1")
         h = onnx_layer_norm(b, h, params, f"{layer}.norm1")
         ffn = onnx_linear(b, h, params, f"{layer}.ffn1")
@@ -609,9 +809,13 @@ def build_encoder(params: Params) -> onnx.ModelProto:
         h = onnx_layer_norm(b, h, params, f"{layer}.norm2")
     h = b.op("ReduceMean", [h], "pool", axes=[1], keepdims=0)
     onnx_linear(b, h, params, "head", output="logits")
-    graph = b.graph("tiny_encoder", [tensor_info("input", TensorProto.FLOAT, ["N", SEQ, FEAT])],
+    name = "tiny_encoder_msattn" if fused_attention else "tiny_encoder"
+    graph = b.graph(name, [tensor_info("input", TensorProto.FLOAT, ["N", SEQ, FEAT])],
                     [tensor_info("logits", TensorProto.FLOAT, ["N", 10])])
-    return make_model(graph)
+    model = make_model(graph)
+    if fused_attention:
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return model
 
 
 # --------------------------------------------------------------------------
@@ -785,6 +989,38 @@ def main() -> None:
         result = evaluate(model, file, what, "as `digits_mlp.onnx`", io, x, y, external)
         compare(result, reference, atol)
         results.append(result)
+
+    # Trained last so that every other model's random stream is unchanged.
+    dct = evaluate(
+        build_dct(train_dct_mlp(data)), "digits_dct.onnx",
+        "fixed DCT front end (not trained) + trained MLP",
+        "MatMul with fixed 2-D DCT-II basis `dct.basis` [64,64] (scaled 1/16), Gemm 64→32, Relu, "
+        "Gemm 32→10", FLAT_IO, x_flat, y)
+    require(dct.accuracy >= 0.95, "DCT MLP accuracy")
+    results.append(dct)
+
+    # Models for structured pruning (conv channels, MLP neurons, attention heads).
+    resnet, resnet_state = train_resnet(data)
+    resnet_result = evaluate(
+        build_resnet(resnet, resnet_state), "digits_resnet.onnx",
+        "trained ResNet-style CNN: residual `Add`s and a `Concat` of two conv branches",
+        "Conv 1→16 3x3, BN, Relu; residual block (2x Conv 16→16 3x3 + BN, Add, Relu); "
+        "Concat(Conv 16→8 3x3, Conv 16→8 1x1, each + BN, Relu); residual block; "
+        "MaxPool 2x2, Flatten, Gemm 256→32, Relu, Gemm 32→10",
+        "`input` [N,1,8,8] → `logits` [N,10]", x_img, y)
+    require(resnet_result.accuracy >= 0.95, "ResNet accuracy")
+    msattn = evaluate(
+        build_encoder(encoder, fused_attention=True), "tiny_encoder_msattn.onnx",
+        "`tiny_encoder.onnx` with each self-attention as one fused `com.microsoft.Attention`",
+        "as `tiny_encoder.onnx`; Attention (packed QKV [32,96], `num_heads=4`) + out_proj",
+        "`input` [N,8,8] → `logits` [N,10]", x_seq, y)
+    compare(msattn, encoder_result, atol=1e-4)
+    blocked = evaluate(
+        build_mlp_blocked(mlp), "digits_mlp_blocked.onnx",
+        "MLP with an identity `Einsum` (`bi->bi`) between relu1 and fc2",
+        "as `digits_mlp.onnx`", FLAT_IO, x_flat, y)
+    compare(blocked, reference, atol=0.0)
+    results += [resnet_result, msattn, blocked]
 
     write_readme_table(results, data_files)
 

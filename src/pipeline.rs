@@ -121,8 +121,10 @@ pub fn prune_file_with(
     }
     let mut passed = true;
     if let Some(opts) = validation {
-        let pruned = Model::load(out).context("reloading the written model")?;
-        let v = validate::validate(&model, &pruned, opts)?;
+        let v = Model::load(out)
+            .context("reloading the written model")
+            .and_then(|pruned| validate::validate(&model, &pruned, opts))
+            .inspect_err(|_| save::discard(out))?;
         passed = v.passed;
         report.validation = Some(v);
     }
@@ -257,10 +259,11 @@ pub fn protected_inputs(model: &Model) -> Result<Vec<std::path::PathBuf>> {
 
 /// Model file plus the external data files it references.
 pub fn input_bytes(model: &Model) -> u64 {
+    let own = model.path.canonicalize().ok();
     let data: u64 = protected_inputs(model)
         .unwrap_or_default()
         .iter()
-        .skip(1) // the model file itself, counted below
+        .filter(|p| p.canonicalize().ok() != own) // the model file itself, counted below
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();

@@ -38,6 +38,13 @@ pub struct Saved {
     pub externalized_for_size: usize,
 }
 
+/// Deletes a written output (model and data file): an error after writing (e.g. tract cannot
+/// run the model) must not leave a file behind that looks like a result.
+pub fn discard(out: &Path) {
+    let _ = fs::remove_file(out);
+    let _ = fs::remove_file(data_path(out));
+}
+
 /// The data file written beside `out`: `<out file name>.data`.
 pub fn data_path(out: &Path) -> PathBuf {
     let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();

@@ -14,8 +14,12 @@ pub fn render(r: &Report) -> String {
     let target = r.output.as_deref().map(|o| format!(" -> {o}")).unwrap_or_default();
     let _ = writeln!(s, "emprune {} {}{target}", r.command, r.model);
     let _ = writeln!(s, "criterion {} | scope {} | beta {} | format {}\n", r.criterion, r.scope, r.beta, r.format);
-    groups(&mut s, &r.groups);
-    tensors(&mut s, r);
+    if r.level.is_some() {
+        structures(&mut s, r);
+    } else {
+        groups(&mut s, &r.groups);
+        tensors(&mut s, r);
+    }
     for k in &r.skipped {
         let _ = writeln!(s, "skipped {}: {}", k.name, k.reason);
     }
@@ -131,6 +135,38 @@ fn tensors(s: &mut String, r: &Report) {
             sparse.join(", ")
         );
     }
+}
+
+/// Structured runs: one row per structure group, then parameters, MACs and size.
+fn structures(s: &mut String, r: &Report) {
+    let _ = writeln!(
+        s,
+        "{:<8} {:<28} {:>5} {:>8} {:>5} {:>7} {:>7}  removed / blocked by",
+        "kind", "producer", "N", "N_eff", "kept", "s_eff", "bound"
+    );
+    for x in &r.structures {
+        let what = match &x.blocked {
+            Some(b) => format!("blocked: {b}"),
+            None => format!("{:?}", x.removed),
+        };
+        let _ = writeln!(
+            s,
+            "{:<8} {:<28} {:>5} {:>8} {:>5} {:>7.4} {:>7}  {what}",
+            format!("{:?}", x.kind).to_lowercase(),
+            clip(&x.producer, 28),
+            x.n,
+            x.n_eff.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
+            x.kept,
+            x.s_eff,
+            x.s_eff_bound.map(|b| format!("{b:.4}")).unwrap_or_else(|| "n/a".into()),
+        );
+    }
+    let t = &r.totals;
+    let _ = writeln!(s, "\nparameters {} -> {} ({:.1}% fewer)", t.params, t.kept, 100.0 * t.sparsity);
+    if let (Some(a), Some(b)) = (t.macs_before, t.macs_after) {
+        let _ = writeln!(s, "MACs       {a} -> {b}");
+    }
+    let _ = writeln!(s, "size: {} -> {} bytes", t.bytes_before, t.bytes_after);
 }
 
 pub fn render_validate(r: &ValidateReport) -> String {

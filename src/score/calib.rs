@@ -66,8 +66,8 @@ pub fn collect(model: &Model, ix: &Index, weights: &[Weight], calib: &Calibratio
         let end = (start + BATCH).min(samples);
         let batch: Vec<(String, Tensor)> =
             made.iter().map(|(d, t)| Ok((d.name.clone(), t.slice(0, start, end)?))).collect::<TractResult<_>>()?;
-        if !runners.contains_key(&(end - start)) {
-            runners.insert(end - start, runner(model, &batch, &names)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = runners.entry(end - start) {
+            e.insert(runner(model, &batch, &names)?);
         }
         let (r, widen) = &runners[&(end - start)];
         let outs = run(r, *widen, &batch).with_context(|| format!("calibration samples {start}..{end}"))?;

@@ -53,7 +53,7 @@ impl FeatureMap {
         let dim = shape[axis];
         let out_stride: usize = shape[1..].iter().product();
         let groups = groups.max(1);
-        ensure!(shape[0] % groups == 0, "{} output channels do not split into {groups} groups", shape[0]);
+        ensure!(shape[0].is_multiple_of(groups), "{} output channels do not split into {groups} groups", shape[0]);
         Ok(Self { count: dim * groups, stride, dim, out_stride, per_group_out: (shape[0] / groups).max(1) })
     }
 

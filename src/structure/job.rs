@@ -31,11 +31,11 @@ pub fn prune(path: &Path, out: &Path, cfg: &StructConfig, validation: Option<&Op
     let inputs = crate::pipeline::protected_inputs(&model)?;
     let saved = save::save(proto, &model.external, out, &inputs, &mut |_| Ok(None))?;
     report.totals.bytes_after = saved.model_bytes + saved.data_bytes;
-    let pruned = Model::load(out).context("reloading the written model")?;
-    fill_after(&mut report, &pruned)?;
+    let pruned = Model::load(out).context("reloading the written model").inspect_err(|_| save::discard(out))?;
+    fill_after(&mut report, &pruned).inspect_err(|_| save::discard(out))?;
     let mut passed = true;
     if let Some(opts) = validation {
-        let v = validate::validate(&model, &pruned, opts)?;
+        let v = validate::validate(&model, &pruned, opts).inspect_err(|_| save::discard(out))?;
         passed = v.passed;
         report.validation = Some(v);
     }

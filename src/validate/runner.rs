@@ -13,6 +13,12 @@ pub struct Runner {
 impl Runner {
     /// Loads a serialized model and fixes its inputs to the given tensors' types and shapes.
     pub fn new(bytes: &[u8], inputs: &[(String, &Tensor)]) -> Result<Self> {
+        // tract 0.23 can panic on ops it misreads (e.g. it takes com.microsoft.Attention for
+        // the ONNX Attention op): turn that into an error instead of crashing.
+        no_panic("loading the model", || Self::load(bytes, inputs))
+    }
+
+    fn load(bytes: &[u8], inputs: &[(String, &Tensor)]) -> Result<Self> {
         let mut model = tract_onnx::onnx()
             .with_ignore_output_shapes(true)
             .model_for_read(&mut &bytes[..])
@@ -39,6 +45,10 @@ impl Runner {
 
     /// Runs once.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        no_panic("running the model", || self.run_once(inputs))
+    }
+
+    fn run_once(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         let values: TVec<TValue> = inputs.iter().map(|t| t.clone().into_tvalue()).collect();
         let out = self.plan.run(values).map_err(|e| anyhow!("tract failed to run the model: {e:#}"))?;
         Ok(out.into_iter().map(|v| v.into_tensor()).collect())
@@ -57,4 +67,17 @@ impl Runner {
         times.sort_by(f64::total_cmp);
         Ok((out, times[times.len() / 2]))
     }
+}
+
+/// Runs `f`, converting a panic inside tract into a one-line error (the default panic
+/// message is silenced meanwhile so stderr keeps one line per error).
+fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    out.unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+        Err(anyhow!("tract panicked while {what}: {}", msg.unwrap_or_else(|| "unknown panic".into())))
+    })
 }

@@ -90,6 +90,7 @@ fn removal_is_exact_on_bundled_models() {
         ("digits_cnn_bnfold.onnx", Level::Channel),
         ("tiny_encoder.onnx", Level::Channel),
         ("tiny_encoder.onnx", Level::Head),
+        ("digits_resnet.onnx", Level::Channel),
     ] {
         let v = exactness(&model(m), level, every_other);
         assert!(max_abs(&v) < 1e-4, "{m} {level:?}: max |Δ| {} — removal changed the function", max_abs(&v));
@@ -198,6 +199,66 @@ fn global_head_scope_never_empties_a_layer() {
         .unwrap()
         .iter()
         .any(|n| n.as_str().unwrap().starts_with("global EMP over 8 structures")));
+}
+
+#[test]
+fn an_unknown_op_blocks_only_its_chain_and_is_named() {
+    let r = ok_json(&["inspect", p(&model("digits_mlp_blocked.onnx")), "--level", "channel", "--json"]);
+    let rows = r["structures"].as_array().unwrap();
+    let fc1 = rows.iter().find(|s| s["producer"] == "fc1").unwrap();
+    assert!(fc1["blocked"].as_str().unwrap().contains("Einsum node \"identity_einsum\""), "{fc1}");
+    assert_eq!(fc1["kept"], 128);
+    let fc2 = rows.iter().find(|s| s["producer"] == "fc2").unwrap();
+    assert!(fc2["blocked"].is_null() && !fc2["removed"].as_array().unwrap().is_empty(), "the rest is pruned: {fc2}");
+}
+
+#[test]
+fn resnet_couples_residual_producers_and_reports_what_it_cannot_split() {
+    let r = ok_json(&["inspect", p(&model("digits_resnet.onnx")), "--level", "channel", "--json"]);
+    let rows = r["structures"].as_array().unwrap();
+    // The stem conv and the first block's second conv feed one residual Add: one group.
+    assert!(rows.iter().any(|s| s["producer"] == "conv1+block1_conv2" && s["blocked"].is_null()));
+    // The second block adds a Concat of two branches to a single producer: left intact, named.
+    let b = rows.iter().find(|s| s["producer"] == "block2_conv2").unwrap();
+    assert!(b["blocked"].as_str().unwrap().contains("block2_add"), "{b}");
+}
+
+#[test]
+fn fused_attention_heads_are_found_and_tract_failures_leave_no_output() {
+    let dir = tmp();
+    let out = dir.path().join("ms.onnx");
+    let r = ok_json(&[
+        "prune",
+        p(&model("tiny_encoder_msattn.onnx")),
+        "-o",
+        p(&out),
+        "--level",
+        "head",
+        "--beta",
+        "0.75",
+        "--no-validate",
+        "--json",
+    ]);
+    let heads = r["structures"].as_array().unwrap();
+    assert_eq!(heads.len(), 2);
+    let kept: Vec<u64> = heads.iter().map(|h| h["kept"].as_u64().unwrap()).collect();
+    let m = load_proto(&out);
+    let attn: Vec<i64> = m
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Attention")
+        .map(|n| n.attribute.iter().find(|a| a.name == "num_heads").unwrap().i)
+        .collect();
+    assert_eq!(attn, kept.iter().map(|&k| k as i64).collect::<Vec<_>>(), "num_heads rewritten");
+    // tract 0.23 cannot run com.microsoft.Attention: validation is an error (exit 2, no file).
+    let out2 = dir.path().join("ms2.onnx");
+    let e = emprune(&["prune", p(&model("tiny_encoder_msattn.onnx")), "-o", p(&out2), "--level", "head"]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("tract"));
+    assert!(!out2.exists());
 }
 
 // ---------- random graphs ----------
