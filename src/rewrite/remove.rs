@@ -47,8 +47,10 @@ fn kept_per_space(a: &Analysis, keeps: &Keeps) -> Result<Vec<Vec<usize>>> {
         let Some(keep) = keep else { continue };
         ensure!(!keep.is_empty(), "internal error: every structure of a group would be removed");
         ensure!(g.blocked.is_none(), "internal error: a blocked group was selected for removal");
-        for &s in &g.spaces {
-            out[s] = keep.clone();
+        for (&s, &o) in g.spaces.iter().zip(&g.offsets) {
+            let n = a.spaces[s].n;
+            out[s] = keep.iter().filter(|&&k| k >= o && k < o + n).map(|&k| k - o).collect();
+            ensure!(!out[s].is_empty(), "internal error: {} would lose every structure", a.spaces[s].producer);
         }
     }
     Ok(out)

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use super::couple::Tie;
 use super::ops::{self, Flow};
 use super::{Kind, Role, Slice, Space};
 use crate::onnx::external::ExternalStore;
@@ -70,7 +71,7 @@ impl Tracked {
 pub struct Ctx<'a> {
     pub ix: &'a Index<'a>,
     pub spaces: Vec<Space>,
-    pub unions: Vec<(usize, usize)>,
+    pub unions: Vec<Tie>,
     consts: HashMap<&'a str, &'a TensorProto>,
     store: &'a ExternalStore,
 }
@@ -128,14 +129,18 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Couples two layouts segment by segment; false if their segments do not line up.
+    /// Ties two layouts position by position: every pair of overlapping segments is coupled
+    /// at the offset their positions imply. False if the layouts differ in total width.
     pub fn couple(&mut self, a: &Tracked, b: &Tracked) -> bool {
-        if a.segs.len() != b.segs.len() || a.segs.iter().zip(&b.segs).any(|(x, y)| x.len != y.len) {
+        if a.total() != b.total() {
             return false;
         }
-        for (x, y) in a.segs.iter().zip(&b.segs) {
-            if x.space != y.space {
-                self.unions.push((x.space, y.space));
+        for (x, px) in starts(a) {
+            for (y, py) in starts(b) {
+                let overlap = px < py + y.len && py < px + x.len;
+                if overlap && (x.space != y.space || px != py) {
+                    self.unions.push(Tie { a: x.space, b: y.space, delta: py as i64 - px as i64 });
+                }
             }
         }
         true
@@ -148,8 +153,21 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// Each segment with its starting position on the axis.
+fn starts(t: &Tracked) -> Vec<(Seg, usize)> {
+    let mut pos = 0;
+    t.segs
+        .iter()
+        .map(|s| {
+            let at = pos;
+            pos += s.len;
+            (*s, at)
+        })
+        .collect()
+}
+
 /// Runs the pass over the main graph: returns the spaces and which pairs must be merged.
-pub fn channel_spaces(ix: &Index, store: &ExternalStore) -> (Vec<Space>, Vec<(usize, usize)>) {
+pub fn channel_spaces(ix: &Index, store: &ExternalStore) -> (Vec<Space>, Vec<Tie>) {
     let Some(main) = ix.graphs.first() else { return (vec![], vec![]) };
     let mut ctx = Ctx::for_constants(ix, store);
     let mut tracked: HashMap<String, Tracked> = HashMap::new();

@@ -20,7 +20,7 @@ use crate::onnx::proto::NodeProto;
 use crate::onnx::walk::{node_label, Index, Use};
 
 /// Finds the head spaces of the main graph (no coupling between layers).
-pub fn head_spaces(ix: &Index, store: &ExternalStore) -> (Vec<Space>, Vec<(usize, usize)>) {
+pub fn head_spaces(ix: &Index, store: &ExternalStore) -> (Vec<Space>, Vec<super::couple::Tie>) {
     let Some(main) = ix.graphs.first() else { return (vec![], vec![]) };
     let g = Graph::new(ix, store);
     let mut spaces = vec![];

@@ -9,14 +9,13 @@
 //! the registry does not know blocks the spaces reaching it — safe by default — and the report
 //! names that node. Attention heads are matched separately ([`heads`]).
 
+pub mod couple;
 pub mod graph;
 pub mod heads;
 pub mod job;
 pub mod ops;
 pub mod plan;
 pub mod score;
-
-use std::collections::HashMap;
 
 use crate::onnx::external::ExternalStore;
 use crate::onnx::walk::Index;
@@ -100,11 +99,13 @@ impl Space {
     }
 }
 
-/// Spaces coupled so that structure `c` is removed from all of them together.
+/// Spaces coupled so that structure `c` of the group is removed from all of them together.
+/// Member `spaces[i]` holds the group's structures `offsets[i] .. offsets[i] + its n`.
 #[derive(Clone, Debug)]
 pub struct Group {
     pub kind: Kind,
     pub spaces: Vec<usize>,
+    pub offsets: Vec<usize>,
     pub n: usize,
     /// The first reason any member is blocked.
     pub blocked: Option<String>,
@@ -133,52 +134,6 @@ pub fn analyse(ix: &Index, store: &ExternalStore, level: Level) -> Analysis {
         Level::Channel => graph::channel_spaces(ix, store),
         Level::Head => heads::head_spaces(ix, store),
     };
-    let (spaces, unions) = spaces;
-    Analysis { groups: group(&spaces, &unions), spaces }
-}
-
-/// Merges coupled spaces (union–find over `unions`) into groups.
-fn group(spaces: &[Space], unions: &[(usize, usize)]) -> Vec<Group> {
-    let mut parent: Vec<usize> = (0..spaces.len()).collect();
-    fn find(p: &mut [usize], x: usize) -> usize {
-        let mut r = x;
-        while p[r] != r {
-            r = p[r];
-        }
-        let mut y = x;
-        while p[y] != r {
-            let next = p[y];
-            p[y] = r;
-            y = next;
-        }
-        r
-    }
-    for &(a, b) in unions {
-        let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
-        if ra != rb {
-            parent[ra.max(rb)] = ra.min(rb);
-        }
-    }
-    let mut by_root: HashMap<usize, Vec<usize>> = HashMap::new();
-    for i in 0..spaces.len() {
-        let r = find(&mut parent, i);
-        by_root.entry(r).or_default().push(i);
-    }
-    let mut roots: Vec<usize> = by_root.keys().copied().collect();
-    roots.sort_unstable();
-    roots
-        .into_iter()
-        .map(|r| {
-            let members = by_root.remove(&r).unwrap_or_default();
-            let n = spaces[members[0]].n;
-            let mismatch = members.iter().find(|&&m| spaces[m].n != n).map(|&m| {
-                format!(
-                    "coupled producers {} and {} have different widths",
-                    spaces[members[0]].producer, spaces[m].producer
-                )
-            });
-            let blocked = mismatch.or_else(|| members.iter().find_map(|&m| spaces[m].blocked.clone()));
-            Group { kind: spaces[members[0]].kind, spaces: members, n, blocked }
-        })
-        .collect()
+    let (spaces, ties) = spaces;
+    Analysis { groups: couple::groups(&spaces, &ties), spaces }
 }

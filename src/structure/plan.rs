@@ -11,13 +11,17 @@ use crate::emp::{Cut, Decision, Mass};
 use crate::rewrite::remove::Keeps;
 
 /// Everything that decides a structured pass.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StructConfig {
     pub level: Level,
     pub norm: Norm,
     /// One EMP vector over all groups (otherwise one per group).
     pub global: bool,
     pub beta: f64,
+    /// Calibration data for [`Norm::Wanda`] (empty otherwise).
+    pub calib: crate::score::calib::Calibration,
+    /// `--guard`: when validation fails, restore the groups responsible whole.
+    pub guard: bool,
 }
 
 /// What EMP decided for one structure group.
@@ -82,20 +86,26 @@ pub fn decide(
             continue;
         };
         let mut kept_idx = vec![];
-        let kept_mass = cut.apply(s, &mut 0, |i, k| {
+        cut.apply(s, &mut 0, |i, k| {
             if k {
                 kept_idx.push(i)
             }
         });
-        if kept_idx.is_empty() {
-            let best = (0..s.len()).max_by(|&x, &y| s[x].total_cmp(&s[y]).then(y.cmp(&x))).unwrap_or(0);
-            kept_idx.push(best);
-            notes.push(format!("{producer}: the global cut removed every structure; its best one is kept"));
+        // Every member producer keeps at least one structure (a Conv with no filters is not a
+        // model): the best of its range is put back when the cut took them all.
+        for (&m, &o) in g.spaces.iter().zip(&g.offsets) {
+            let range = o..o + a.spaces[m].n;
+            if !kept_idx.iter().any(|k| range.contains(k)) {
+                let best = range.clone().max_by(|&x, &y| s[x].total_cmp(&s[y]).then(y.cmp(&x))).unwrap_or(o);
+                kept_idx.push(best);
+                notes
+                    .push(format!("{}: EMP removed all of its structures; its best one is kept", a.spaces[m].producer));
+            }
         }
-        let removed: Vec<usize> = (0..g.n).filter(|i| !kept_idx.contains(i)).collect();
+        kept_idx.sort_unstable();
+        let removed: Vec<usize> = (0..g.n).filter(|i| kept_idx.binary_search(i).is_err()).collect();
         let total = mass.l1.value();
-        let kept_share =
-            if kept_idx.len() == 1 && kept_mass.value() == 0.0 { s[kept_idx[0]] as f64 } else { kept_mass.value() };
+        let kept_share: f64 = kept_idx.iter().map(|&i| s[i] as f64).sum();
         rows.push(StructureReport {
             kind: g.kind,
             producer,

@@ -25,8 +25,9 @@ fn zero_dropped(model: &Model, a: &Analysis, keeps: &Keeps) -> ModelProto {
     let g = proto.graph.as_mut().unwrap();
     for (group, keep) in a.groups.iter().zip(keeps) {
         let Some(keep) = keep else { continue };
-        for &s in &group.spaces {
+        for (&s, &o) in group.spaces.iter().zip(&group.offsets) {
             let space = &a.spaces[s];
+            let keep: Vec<usize> = keep.iter().filter(|&&k| k >= o && k < o + space.n).map(|&k| k - o).collect();
             for slice in space.slices.iter().filter(|s| s.role != Role::Param) {
                 let t = g.initializer.iter_mut().find(|t| t.name == slice.tensor).expect("slice of an initializer");
                 let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
@@ -213,14 +214,17 @@ fn an_unknown_op_blocks_only_its_chain_and_is_named() {
 }
 
 #[test]
-fn resnet_couples_residual_producers_and_reports_what_it_cannot_split() {
+fn resnet_couples_residual_producers_across_a_concat() {
     let r = ok_json(&["inspect", p(&model("digits_resnet.onnx")), "--level", "channel", "--json"]);
     let rows = r["structures"].as_array().unwrap();
     // The stem conv and the first block's second conv feed one residual Add: one group.
     assert!(rows.iter().any(|s| s["producer"] == "conv1+block1_conv2" && s["blocked"].is_null()));
-    // The second block adds a Concat of two branches to a single producer: left intact, named.
-    let b = rows.iter().find(|s| s["producer"] == "block2_conv2").unwrap();
-    assert!(b["blocked"].as_str().unwrap().contains("block2_add"), "{b}");
+    // The second block adds a single conv to a Concat of two 8-channel branches: one group of
+    // 16 in which each branch owns half of the conv's channels.
+    let g = rows.iter().find(|s| s["producer"].as_str().unwrap().ends_with("branch1x1_conv+block2_conv2")).unwrap();
+    assert!(g["blocked"].is_null(), "{g}");
+    assert_eq!(g["n"], 16);
+    assert!(rows.iter().all(|s| s["blocked"].is_null() || s["producer"] == "fc2"), "only the output layer is blocked");
 }
 
 #[test]
