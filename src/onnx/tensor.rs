@@ -1,6 +1,7 @@
 //! Read and write access to one `TensorProto`'s elements, whatever its storage: `raw_data`
 //! (zero-copy), external data (zero-copy through the mmap) or the typed repeated fields.
-//! Precedence follows the ONNX spec: external location, else `raw_data`, else typed fields.
+//! A tensor whose `data_location` is EXTERNAL reads its external file (the spec forbids
+//! `raw_data` there); otherwise `raw_data` when set, else the typed fields.
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::Bytes;
