@@ -85,7 +85,7 @@ pub fn save_streaming(
     refuse_inputs(out, &data, inputs)?;
     let mut to_external = HashSet::new();
     collect_external(&mut proto, &mut to_external)?;
-    let for_size = plan_size_limit(&mut proto, &mut to_external)?;
+    let for_size = plan_size_limit(&mut proto, &mut to_external, EXTERNALIZE_TARGET)?;
     let mut guard = TempFiles::default();
     let mut saved = Saved { externalized_for_size: for_size, ..Default::default() };
     if !to_external.is_empty() {
@@ -229,9 +229,9 @@ fn collect_external(proto: &mut ModelProto, set: &mut HashSet<usize>) -> Result<
     })
 }
 
-/// If the model would pass the protobuf limit, moves the largest inline tensors out until it
-/// fits. Returns how many were moved.
-fn plan_size_limit(proto: &mut ModelProto, set: &mut HashSet<usize>) -> Result<usize> {
+/// If the model would pass `target` bytes (the protobuf limit less head-room), moves the
+/// largest inline tensors out until it fits. Returns how many were moved.
+fn plan_size_limit(proto: &mut ModelProto, set: &mut HashSet<usize>, target: u64) -> Result<usize> {
     let mut inline: Vec<(usize, u64)> = vec![];
     let mut moved_bytes = 0u64;
     visit_tensors_mut(proto, &mut |id, t| {
@@ -244,13 +244,13 @@ fn plan_size_limit(proto: &mut ModelProto, set: &mut HashSet<usize>) -> Result<u
         Ok(())
     })?;
     let mut size = (proto.encoded_len() as u64).saturating_sub(moved_bytes);
-    if size <= EXTERNALIZE_TARGET {
+    if size <= target {
         return Ok(0);
     }
     inline.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut moved = 0;
     for (id, len) in inline {
-        if size <= EXTERNALIZE_TARGET {
+        if size <= target {
             break;
         }
         set.insert(id);
@@ -339,6 +339,32 @@ impl Drop for TempFiles {
 mod tests {
     use super::*;
     use crate::onnx::proto::{GraphProto, NodeProto};
+
+    fn raw(name: &str, bytes: usize) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: vec![bytes as i64 / 4],
+            data_type: 1,
+            raw_data: Bytes::from(vec![1u8; bytes]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn largest_tensors_move_out_when_the_model_would_pass_the_limit() {
+        let g = GraphProto {
+            initializer: vec![raw("a", 8192), raw("b", 65536), raw("c", 16384), raw("d", 4)],
+            ..Default::default()
+        };
+        let mut proto = ModelProto { ir_version: 8, graph: Some(g), ..Default::default() };
+        let mut set = HashSet::new();
+        assert_eq!(plan_size_limit(&mut proto, &mut set, 1 << 20).unwrap(), 0, "fits: nothing moves");
+        assert!(set.is_empty());
+        // Under a 20 000-byte budget the 64 KiB tensor must go, then the 16 KiB one; the
+        // 8 KiB one then fits, and tiny tensors never move.
+        assert_eq!(plan_size_limit(&mut proto, &mut set, 20_000).unwrap(), 2);
+        assert_eq!(set, HashSet::from([1, 2]));
+    }
 
     #[test]
     fn streamed_model_decodes_to_the_same_message() {
