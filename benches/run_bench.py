@@ -9,6 +9,8 @@ onnxsim 0.8.1's magnitude pruning at emprune's sparsity (sim_prune.py; per-row o
 only). Page cache warm for every run (each input is read once before timing).
 
 usage: run_bench.py MODELS_DIR SCRATCH_DIR EMPRUNE_BIN PYTHON [size ...]
+
+With EMPRUNE_ONLY=1 in the environment only emprune and cp are timed (quick re-runs).
 """
 import json
 import os
@@ -82,6 +84,10 @@ def main():
             largest = max(t["n"] * {"f32": 4, "f16": 2, "bf16": 2, "f64": 8}[t["dtype"]] for t in rep["tensors"])
             row = dict(size=size, scope=scope, bytes=total, largest=largest, sparsity=sparsity, wall=wall, rss=rss, cp=cp)
             clean(scratch)
+            if os.environ.get("EMPRUNE_ONLY"):
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                continue
             if (size, scope, "python") in SKIP:
                 row["py"] = SKIP[(size, scope, "python")]
             else:

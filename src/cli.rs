@@ -84,8 +84,8 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct PruneArgs {
-    /// Importance score: of each weight entry (magnitude [default]), or of each structure with
-    /// --level (l2 [default], l1).
+    /// Importance score: of each weight entry (magnitude [default], wanda), or of each structure
+    /// with --level (l2 [default], l1, wanda: the sum of its entries' wanda scores).
     #[arg(long, value_enum)]
     pub criterion: Option<Criterion>,
     /// Which entries form one EMP score vector: all prunable weights (global [default]), each
@@ -206,17 +206,20 @@ impl PruneArgs {
         if !(self.beta.is_finite() && self.beta > 0.0) {
             bail!("--beta must be a positive number, got {}", self.beta);
         }
-        let norm = match self.criterion.unwrap_or(Criterion::L2) {
+        let criterion = self.criterion.unwrap_or(Criterion::L2);
+        let norm = match criterion {
             Criterion::L2 => Norm::L2,
             Criterion::L1 => Norm::L1,
-            other => bail!("--level scores structures with --criterion l2 or l1, not {}", other.name()),
+            Criterion::Wanda => Norm::Wanda,
+            other => bail!("--level scores structures with --criterion l2, l1 or wanda, not {}", other.name()),
         };
+        let calib = self.calibration(criterion)?;
         let global = match self.scope.unwrap_or(Scope::Layer) {
             Scope::Layer => false,
             Scope::Global => true,
             other => bail!("--level takes --scope layer or global, not {}", other.name()),
         };
-        Ok(Some(StructConfig { level, norm, global, beta: self.beta }))
+        Ok(Some(StructConfig { level, norm, global, beta: self.beta, calib, guard: false }))
     }
 }
 

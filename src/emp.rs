@@ -64,14 +64,16 @@ impl Mass {
         Ok(m)
     }
 
+    /// Adds `scores` chunk by chunk ([`chunked::CHUNK`] entries in plain f64, chunk sums
+    /// compensated).
     pub fn extend(&mut self, scores: &[f32]) -> Result<()> {
-        for (i, &s) in scores.iter().enumerate() {
-            if !s.is_finite() {
-                bail!("non-finite score {s} at index {i}");
+        for (c, chunk) in scores.chunks(chunked::CHUNK).enumerate() {
+            let (l1, l2, bad) = chunked::chunk_mass(chunk);
+            if let Some(j) = bad {
+                bail!("non-finite score {} at index {}", chunk[j], c * chunked::CHUNK + j);
             }
-            let a = s.abs() as f64;
-            self.l1.add(a);
-            self.l2sq.add(a * a);
+            self.l1.add(l1);
+            self.l2sq.add(l2);
         }
         self.n += scores.len();
         Ok(())
@@ -157,6 +159,9 @@ impl Cut {
         if keep >= n {
             return Cut::ALL;
         }
+        if keep > 0 && n >= radix::MIN_LEN {
+            return radix::select(parts, keep);
+        }
         let mut scratch: Vec<f32> = Vec::with_capacity(n);
         for p in parts {
             scratch.extend(p.iter().map(|s| s.abs()));
@@ -226,6 +231,7 @@ pub fn prune_vector(scores: &[f32], beta: f64) -> Result<(Decision, Cut, Vec<boo
     Ok((d, cut, mask, s_eff))
 }
 
+pub mod chunked;
 pub mod radix;
 
 #[cfg(test)]

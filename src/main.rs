@@ -35,7 +35,10 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Prune { model, output, prune, format, guard, no_validate, validate, out } => {
             let opts = validate.options()?;
             let outcome = match prune.structured()? {
-                Some(sc) => emprune::structure::job::prune(&model, &output, &sc, (!no_validate).then_some(&opts))?,
+                Some(sc) => {
+                    let sc = emprune::structure::plan::StructConfig { guard, ..sc };
+                    emprune::structure::job::prune(&model, &output, &sc, (!no_validate).then_some(&opts))?
+                }
                 None => {
                     let how = emprune::Output { sparse: format == "sparse", guard };
                     emprune::prune_file_with(&model, &output, &prune.config()?, (!no_validate).then_some(&opts), &how)?

@@ -72,6 +72,22 @@ pub fn cut_from(high: &Histogram, low_of: impl FnOnce(u32) -> Histogram, keep: u
     (Cut { value, ties: (keep - greater) as usize }, low.count(lb))
 }
 
+/// Vectors at least this long are selected by histogram ([`select`]) instead of a copy and
+/// `select_nth_unstable` (two streaming passes beat a copy plus partitioning there).
+pub const MIN_LEN: usize = 1 << 16;
+
+/// The exact cut keeping `keep` entries of the concatenation of `parts`, without copying them.
+pub fn select(parts: &[&[f32]], keep: usize) -> Cut {
+    let mut high = Histogram::default();
+    parts.iter().for_each(|p| high.add_high(p));
+    let low_of = |hb| {
+        let mut low = Histogram::default();
+        parts.iter().for_each(|p| low.add_low(p, hb));
+        low
+    };
+    cut_from(&high, low_of, keep as u64).0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +114,15 @@ mod tests {
         let refs: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
         for keep in [1usize, 2, 17, 999, 2500, 5000] {
             assert_eq!(radix_cut(&parts, keep), Cut::find_in_parts(&refs, keep), "keep={keep}");
+        }
+    }
+
+    #[test]
+    fn select_matches_the_in_memory_selection() {
+        let mut rng = Rng::new(5);
+        let v: Vec<f32> = (0..5000).map(|i| if i % 3 == 0 { 0.25 } else { rng.normal() as f32 }).collect();
+        for keep in [1usize, 10, 1666, 1667, 3000, 4999] {
+            assert_eq!(select(&[&v[..2000], &v[2000..]], keep), Cut::find_in_parts(&[&v], keep), "keep={keep}");
         }
     }
 

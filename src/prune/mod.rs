@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod rows;
 pub mod scope;
+pub mod scores;
 
 use anyhow::{Context, Result};
 
@@ -92,8 +93,8 @@ pub fn plan(model: &Model, ix: &Index, cfg: &Config) -> Result<Plan> {
         let norms = score::calib::collect(model, ix, &sel.weights, &cfg.calib)?;
         score::calib::attach(&mut sel.weights, &norms)?;
     }
-    let scorer = |w: &Weight| -> Result<Vec<f32>> {
-        score::score(model, ix, w, cfg.criterion).with_context(|| format!("scoring weight {:?}", w.name))
+    let scorer = |w: &Weight| -> Result<scores::Scores> {
+        weight_scores(model, ix, w, cfg.criterion).with_context(|| format!("scoring weight {:?}", w.name))
     };
     let (groups, cuts) = match cfg.scope {
         Scope::Global => scope::global(&sel.weights, &scorer, cfg.beta)?,
@@ -103,4 +104,15 @@ pub fn plan(model: &Model, ix: &Index, cfg: &Config) -> Result<Plan> {
     };
     let weights = sel.weights.into_iter().zip(cuts).map(|(weight, cut)| Planned { weight, cut }).collect();
     Ok(Plan { groups, weights, skipped: sel.skipped, criterion: Some(cfg.criterion) })
+}
+
+/// A weight's scores: magnitude scores read straight from its element bytes (decoded chunk by
+/// chunk when a pass reads them), other criteria computed.
+pub fn weight_scores(model: &Model, ix: &Index, w: &Weight, criterion: Criterion) -> Result<scores::Scores> {
+    if criterion == Criterion::Magnitude {
+        let t = ix.tensors[w.id].tensor;
+        let bytes = crate::onnx::tensor::element_bytes(t, &model.external)?;
+        return Ok(scores::Scores::Raw { name: t.name.clone(), dtype: crate::onnx::tensor::float_type(t)?, bytes });
+    }
+    Ok(scores::Scores::Values(score::score(model, ix, w, criterion)?))
 }

@@ -36,6 +36,13 @@ impl Rows {
     /// The values of `flat` regrouped row after row (row `r` at `r*len..(r+1)*len`), each row
     /// in flat order.
     pub fn gather(&self, flat: &[f32]) -> Vec<f32> {
+        let rank = self.shape.len();
+        if self.unit.first() == Some(&true) && self.unit.iter().skip(1).all(|u| !u) {
+            return flat.to_vec(); // rows are already contiguous
+        }
+        if self.unit.last() == Some(&true) && self.unit.iter().take(rank - 1).all(|u| !u) {
+            return transpose(flat, self.len, self.count);
+        }
         let mut by_row = vec![0f32; flat.len()];
         let mut fill = vec![0usize; self.count];
         for (i, r) in self.ids().into_iter().enumerate() {
@@ -76,6 +83,22 @@ impl Rows {
     }
 }
 
+/// `[rows, cols]` row-major → `[cols, rows]`, in cache-sized tiles.
+fn transpose(flat: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 64;
+    let mut out = vec![0f32; flat.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = flat[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +113,20 @@ mod tests {
         assert_eq!((r.count, r.len), (4, 2));
         // ConvTranspose [C=2, M=3, k=1]: rows along axis 1.
         assert_eq!(Rows::new(&[2, 3, 1], &[1]).ids(), [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn gather_fast_paths_match_the_general_one() {
+        let flat: Vec<f32> = (0..2 * 3 * 70).map(|i| i as f32).collect();
+        for (shape, unit) in [(vec![6, 70], vec![0]), (vec![70, 6], vec![1]), (vec![2, 3, 70], vec![0, 2])] {
+            let r = Rows::new(&shape, &unit);
+            let mut want = vec![0f32; flat.len()];
+            let mut fill = vec![0usize; r.count];
+            for (i, id) in r.ids().into_iter().enumerate() {
+                want[id as usize * r.len + fill[id as usize]] = flat[i];
+                fill[id as usize] += 1;
+            }
+            assert_eq!(r.gather(&flat), want, "{shape:?} {unit:?}");
+        }
     }
 }

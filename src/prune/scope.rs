@@ -7,6 +7,7 @@ use anyhow::Result;
 use rayon::prelude::*;
 
 use super::rows::Rows;
+use super::scores::Scores;
 use super::{Group, WeightCut};
 use crate::emp::radix::{self, Histogram};
 use crate::emp::{Cut, Decision, Mass};
@@ -34,8 +35,8 @@ impl Scope {
     }
 }
 
-/// Computes a weight's scores on demand.
-pub type Scorer<'a> = dyn Fn(&Weight) -> Result<Vec<f32>> + Sync + 'a;
+/// Computes (or reads) a weight's scores on demand.
+pub type Scorer<'a> = dyn Fn(&Weight) -> Result<Scores> + Sync + 'a;
 
 fn group(name: String, d: &Decision, mass: &Mass, beta: f64) -> Group {
     Group { name, n: d.n, n_eff: d.n_eff, keep: d.keep, s_eff: 1.0, s_eff_bound: d.bound(beta), mass: mass.l1.value() }
@@ -55,10 +56,12 @@ pub fn global(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Gro
     let (mass, high) = weights
         .par_iter()
         .map(|w| {
-            let s = scorer(w)?;
-            let mut h = Histogram::default();
-            h.add_high(&s);
-            Ok::<_, anyhow::Error>((Mass::of(&s)?, h))
+            let (mut m, mut h) = (Mass::default(), Histogram::default());
+            scorer(w)?.for_chunks(|_, s| {
+                h.add_high(s);
+                m.extend(s)
+            })?;
+            Ok::<_, anyhow::Error>((m, h))
         })
         .try_reduce(|| (Mass::default(), Histogram::default()), |a, b| Ok((a.0.merge(b.0), a.1.merge(b.1))))?;
     let d = Decision::new(&mass, beta);
@@ -73,7 +76,10 @@ pub fn global(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Gro
             .par_iter()
             .map(|w| {
                 let mut h = Histogram::default();
-                h.add_low(&scorer(w)?, hb);
+                scorer(w)?.for_chunks(|_, s| {
+                    h.add_low(s, hb);
+                    Ok(())
+                })?;
                 Ok::<_, anyhow::Error>(h)
             })
             .try_reduce(Histogram::default, |a, b| Ok(a.merge(b)))
@@ -90,7 +96,15 @@ pub fn global(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Gro
     let budgets: Vec<usize> = if cut.ties as u64 >= equal {
         vec![usize::MAX; weights.len()]
     } else {
-        let counts: Vec<usize> = weights.par_iter().map(|w| Ok(cut.tie_count(&scorer(w)?))).collect::<Result<_>>()?;
+        let count = |w: &Weight| {
+            let mut c = 0;
+            scorer(w)?.for_chunks(|_, s| {
+                c += cut.tie_count(s);
+                Ok(())
+            })?;
+            Ok(c)
+        };
+        let counts: Vec<usize> = weights.par_iter().map(count).collect::<Result<_>>()?;
         let mut left = cut.ties;
         counts
             .iter()
@@ -111,20 +125,49 @@ pub fn per_tensor(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec
     let out: Vec<(Group, Cut)> = weights
         .par_iter()
         .map(|w| {
-            let s = scorer(w)?;
-            let mass = Mass::of(&s)?;
+            let (mass, cut) = tensor_cut(scorer(w)?, beta)?;
             let d = Decision::new(&mass, beta);
-            Ok((group(w.name.clone(), &d, &mass, beta), cut_for(&d, &s)))
+            Ok((group(w.name.clone(), &d, &mass, beta), cut))
         })
         .collect::<Result<_>>()?;
     let (groups, cuts): (Vec<Group>, Vec<Cut>) = out.into_iter().unzip();
     Ok((groups, cuts.into_iter().enumerate().map(|(i, cut)| WeightCut::All { cut, group: i }).collect()))
 }
 
+/// The mass and cut of one weight's scores. Long vectors take two streaming passes (mass and
+/// high-bits histogram, then low bits of the threshold bin); short ones are selected in memory.
+fn tensor_cut(scores: Scores, beta: f64) -> Result<(Mass, Cut)> {
+    if scores.len() < radix::MIN_LEN {
+        let s = scores.into_vec()?;
+        let mass = Mass::of(&s)?;
+        return Ok((mass, cut_for(&Decision::new(&mass, beta), &s)));
+    }
+    let (mut mass, mut high) = (Mass::default(), Histogram::default());
+    scores.for_chunks(|_, s| {
+        high.add_high(s);
+        mass.extend(s)
+    })?;
+    let d = Decision::new(&mass, beta);
+    if d.n_eff.is_none() || d.keep >= d.n {
+        return Ok((mass, Cut::ALL));
+    }
+    let mut failure = Ok(());
+    let low_of = |hb: u32| {
+        let mut low = Histogram::default();
+        failure = scores.for_chunks(|_, s| {
+            low.add_low(s, hb);
+            Ok(())
+        });
+        low
+    };
+    let (cut, _) = radix::cut_from(&high, low_of, d.keep as u64);
+    failure.map(|_| (mass, cut))
+}
+
 /// One vector per output unit of every weight.
 pub fn per_row(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Group>, Vec<WeightCut>)> {
     let out: Vec<(Vec<Group>, Vec<Cut>)> =
-        weights.par_iter().map(|w| rows_of_weight(w, &scorer(w)?, beta)).collect::<Result<_>>()?;
+        weights.par_iter().map(|w| rows_of_weight(w, &scorer(w)?.into_vec()?, beta)).collect::<Result<_>>()?;
     let mut groups = vec![];
     let mut cuts = vec![];
     for (g, c) in out {

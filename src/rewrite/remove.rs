@@ -15,7 +15,7 @@ use crate::onnx::external::ExternalStore;
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::{GraphProto, ModelProto, TensorProto};
 use crate::onnx::tensor;
-use crate::structure::{Analysis, Space};
+use crate::structure::Analysis;
 
 /// Structures kept per group (`None`: the group is left whole).
 pub type Keeps = Vec<Option<Vec<usize>>>;
@@ -65,8 +65,8 @@ fn collect_cuts(a: &Analysis, kept_of: &[Vec<usize>]) -> Cuts {
         let keep: HashSet<usize> = kept.iter().copied().collect();
         for s in &space.slices {
             let removed = cuts.entry(s.tensor.clone()).or_default().entry(s.axis).or_default();
-            for c in (0..space.n).filter(|c| !keep.contains(c)) {
-                removed.extend(s.offset + c * s.width..s.offset + (c + 1) * s.width);
+            for c in s.covers(space.n).filter(|c| !keep.contains(c)) {
+                removed.extend(s.entries(c));
             }
         }
     }
@@ -150,7 +150,9 @@ fn rewrite_attrs(g: &mut GraphProto, a: &Analysis, kept_of: &[Vec<usize>]) -> Re
     let mut totals: HashMap<(usize, String), i64> = HashMap::new();
     for (space, kept) in a.spaces.iter().zip(kept_of) {
         for e in &space.attrs {
-            *totals.entry((e.node, e.name.clone())).or_default() += kept.len() as i64 * e.factor;
+            let end = e.first.saturating_add(e.count);
+            let in_range = kept.iter().filter(|&&k| k >= e.first && k < end).count() as i64;
+            *totals.entry((e.node, e.name.clone())).or_default() += in_range * e.factor;
         }
     }
     for ((node, name), value) in totals {
@@ -165,51 +167,48 @@ fn rewrite_attrs(g: &mut GraphProto, a: &Analysis, kept_of: &[Vec<usize>]) -> Re
     Ok(())
 }
 
-/// Gives each edited Reshape a fresh shape initializer with `kept × factor` at the edited
-/// positions (the old constant may be shared with other Reshapes).
+/// Gives each edited integer constant (Reshape shape, Split sizes, Slice starts/ends) a fresh
+/// initializer holding the new values — the old constant may be shared with other nodes.
 fn rewrite_shapes(g: &mut GraphProto, store: &ExternalStore, a: &Analysis, kept_of: &[Vec<usize>]) -> Result<()> {
-    let mut edits: HashMap<(usize, usize), i64> = HashMap::new();
+    let mut edits: HashMap<(usize, usize), Vec<(usize, i64)>> = HashMap::new();
+    let mut values: HashMap<(usize, usize, usize), i64> = HashMap::new();
     for (space, kept) in a.spaces.iter().zip(kept_of) {
-        collect_shape_edits(space, kept.len(), &mut edits);
+        for e in &space.shapes {
+            let end = e.first.saturating_add(e.count);
+            let in_range = kept.iter().filter(|&&k| k >= e.first && k < end).count() as i64;
+            *values.entry((e.node, e.input, e.position)).or_default() += in_range * e.factor;
+        }
     }
-    let mut by_node: HashMap<usize, Vec<(usize, i64)>> = HashMap::new();
-    for ((node, pos), v) in edits {
-        by_node.entry(node).or_default().push((pos, v));
+    for ((node, input, pos), v) in values {
+        edits.entry((node, input)).or_default().push((pos, v));
     }
-    let mut nodes: Vec<_> = by_node.into_iter().collect();
-    nodes.sort_by_key(|(n, _)| *n);
-    for (node, positions) in nodes {
-        let shape_name =
-            g.node.get(node).and_then(|n| n.input.get(1)).cloned().context("Reshape without a shape input")?;
-        let old = find_constant(g, &shape_name).with_context(|| format!("shape {shape_name:?} is not a constant"))?;
-        let mut values: Vec<i64> = tensor::element_bytes(old, store)?
+    let mut targets: Vec<_> = edits.into_iter().collect();
+    targets.sort_by_key(|(k, _)| *k);
+    for ((node, input), positions) in targets {
+        let name = g.node.get(node).and_then(|n| n.input.get(input)).cloned().context("edited node lost its input")?;
+        let old = find_constant(g, &name).with_context(|| format!("{name:?} is not a constant"))?;
+        if old.data_type != DataType::Int64 as i32 {
+            bail!("{name:?} is not int64");
+        }
+        let mut vals: Vec<i64> = tensor::element_bytes(old, store)?
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
-        if old.data_type != DataType::Int64 as i32 {
-            bail!("shape {shape_name:?} is not int64");
-        }
         for (pos, v) in positions {
-            *values.get_mut(pos).context("shape edit out of range")? = v;
+            *vals.get_mut(pos).context("shape edit out of range")? = v;
         }
-        let new_name = format!("{}.pruned_shape", g.node[node].output.first().cloned().unwrap_or_default());
-        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let new_name = format!("{}.pruned_in{input}", g.node[node].output.first().cloned().unwrap_or_default());
+        let raw: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         g.initializer.push(TensorProto {
             name: new_name.clone(),
-            dims: vec![values.len() as i64],
+            dims: vec![vals.len() as i64],
             data_type: DataType::Int64 as i32,
             raw_data: raw.into(),
             ..Default::default()
         });
-        g.node[node].input[1] = new_name;
+        g.node[node].input[input] = new_name;
     }
     Ok(())
-}
-
-fn collect_shape_edits(space: &Space, kept: usize, edits: &mut HashMap<(usize, usize), i64>) {
-    for e in &space.shapes {
-        *edits.entry((e.node, e.position)).or_default() += kept as i64 * e.factor;
-    }
 }
 
 /// Removes initializers and Constant nodes nothing reads any more (graph inputs and outputs

@@ -1,17 +1,20 @@
 //! Dense output: dropped entries become 0 in place, shapes and dtypes unchanged. Each weight
-//! is rewritten from its (memory-mapped) bytes and checked: kept entries bit-identical,
-//! dropped entries zero.
+//! is rewritten from its (memory-mapped) bytes chunk by chunk — scores of a chunk, its keep-mask
+//! ([`Marker`]), then every element copied or zeroed without a branch, specialised per element
+//! size — and checked: kept entries bit-identical, dropped entries zero.
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
+use crate::emp::chunked::CHUNK;
 use crate::emp::Sum;
 use crate::onnx::load::Model;
 use crate::onnx::tensor;
 use crate::onnx::walk::Index;
-use crate::prune::apply::for_each_entry;
-use crate::prune::Planned;
-use crate::score::{self, Criterion};
+use crate::prune::apply::Marker;
+use crate::prune::scores::Scores;
+use crate::prune::{weight_scores, Planned};
+use crate::score::Criterion;
 
 /// What rewriting one weight did.
 #[derive(Clone, Debug, Default)]
@@ -26,45 +29,94 @@ pub struct Counts {
 pub fn zero(model: &Model, ix: &Index, p: &Planned, criterion: Criterion) -> Result<(Bytes, Counts)> {
     let t = ix.tensors[p.weight.id].tensor;
     let src = tensor::element_bytes(t, &model.external)?;
-    let scores = score::score(model, ix, &p.weight, criterion)?;
+    let scores = weight_scores(model, ix, &p.weight, criterion)?;
     zero_bytes(&src, p, &scores).with_context(|| format!("zeroing weight {:?}", p.weight.name))
 }
 
-fn zero_bytes(src: &[u8], p: &Planned, scores: &[f32]) -> Result<(Bytes, Counts)> {
+fn zero_bytes(src: &[u8], p: &Planned, scores: &Scores) -> Result<(Bytes, Counts)> {
     let ft = p.weight.dtype;
     let size = ft.size();
     if src.len() != scores.len() * size {
         bail!("{} scores for {} bytes of {}", scores.len(), src.len(), ft.name());
     }
-    let mut out = src.to_vec();
-    let (mut nz_before, mut nz_after) = (0usize, 0usize);
-    let kept = for_each_entry(p, scores, |i, keep| {
-        let range = i * size..(i + 1) * size;
-        let nonzero = is_nonzero(&src[range.clone()]) as usize;
-        nz_before += nonzero;
-        if keep {
-            nz_after += nonzero;
-        } else {
-            out[range].fill(0);
+    let mut out = vec![0u8; src.len()];
+    let mut marker = Marker::new(p);
+    let mut keep = [false; CHUNK];
+    let mut tally = Tally::default();
+    scores.for_chunks(|start, s| {
+        let keep = &mut keep[..s.len()];
+        marker.mark(start, s, keep);
+        let bytes = start * size..(start + s.len()) * size;
+        match size {
+            2 => copy_kept::<2>(&src[bytes.clone()], &mut out[bytes], keep, &mut tally),
+            4 => copy_kept::<4>(&src[bytes.clone()], &mut out[bytes], keep, &mut tally),
+            _ => copy_kept::<8>(&src[bytes.clone()], &mut out[bytes], keep, &mut tally),
         }
-    });
-    // After-check: only dropped entries were touched (kept ones are bit-identical by
-    // construction), so the output must hold exactly the kept non-zeros.
-    let written = out.chunks_exact(size).filter(|e| is_nonzero(e)).count();
-    if written != nz_after {
-        bail!("internal error: {written} non-zero entries written, {nz_after} planned");
+        Ok(())
+    })?;
+    // After-check: every element written is the source element or zero, so the output must
+    // hold exactly the kept non-zeros.
+    if tally.written != tally.after {
+        bail!("internal error: {} non-zero entries written, {} planned", tally.written, tally.after);
     }
     // The source was only read: its mapped pages need not stay resident.
     crate::onnx::external::release_pages(src);
-    Ok((Bytes::from(out), Counts { nonzero_before: nz_before, nonzero_after: nz_after, kept }))
+    let counts = Counts { nonzero_before: tally.before, nonzero_after: tally.after, kept: marker.finish() };
+    Ok((Bytes::from(out), counts))
 }
 
-/// Whether a little-endian float element (2, 4 or 8 bytes) is non-zero; `-0.0` counts as zero.
+/// Non-zero counts: in the source, among kept source entries, and in the output.
+#[derive(Default)]
+struct Tally {
+    before: usize,
+    after: usize,
+    written: usize,
+}
+
+/// Copies the kept `W`-byte little-endian elements of `src` to `out` and zeroes the others
+/// (a mask, no branch). Non-zero means any bit but the sign set: `-0.0` counts as zero.
 #[inline]
-fn is_nonzero(e: &[u8]) -> bool {
-    match *e {
-        [a, b] => u16::from_le_bytes([a, b]) & 0x7fff != 0,
-        [a, b, c, d] => u32::from_le_bytes([a, b, c, d]) & 0x7fff_ffff != 0,
-        _ => e.iter().enumerate().any(|(j, &x)| if j + 1 == e.len() { x & 0x7f != 0 } else { x != 0 }),
+fn copy_kept<const W: usize>(src: &[u8], out: &mut [u8], keep: &[bool], t: &mut Tally) {
+    let sign = 0x80u64 << (8 * (W - 1));
+    let (mut before, mut after, mut written) = (0, 0, 0);
+    for ((s, o), &k) in src.chunks_exact(W).zip(out.chunks_exact_mut(W)).zip(keep) {
+        let mut b = [0u8; 8];
+        b[..W].copy_from_slice(s);
+        let v = u64::from_le_bytes(b);
+        let v_out = v & (k as u64).wrapping_neg();
+        let nz = (v & !sign != 0) as usize;
+        before += nz;
+        after += nz & k as usize;
+        written += (v_out & !sign != 0) as usize;
+        o.copy_from_slice(&v_out.to_le_bytes()[..W]);
+    }
+    t.before += before;
+    t.after += after;
+    t.written += written;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_kept_masks_each_element_size() {
+        for w in [2usize, 4, 8] {
+            let src: Vec<u8> = (0..6 * w).map(|i| if i < w { 0 } else { (i * 29 % 255 + 1) as u8 }).collect();
+            let keep = [true, true, false, true, false, false];
+            let mut out = vec![0xaau8; src.len()];
+            let mut t = Tally::default();
+            match w {
+                2 => copy_kept::<2>(&src, &mut out, &keep, &mut t),
+                4 => copy_kept::<4>(&src, &mut out, &keep, &mut t),
+                _ => copy_kept::<8>(&src, &mut out, &keep, &mut t),
+            }
+            for (i, &k) in keep.iter().enumerate() {
+                let e = i * w..(i + 1) * w;
+                let want: Vec<u8> = if k { src[e.clone()].to_vec() } else { vec![0; w] };
+                assert_eq!(out[e], want[..], "w={w} i={i}");
+            }
+            assert_eq!((t.before, t.after, t.written), (5, 2, 2), "w={w}");
+        }
     }
 }

@@ -21,7 +21,8 @@ pub enum Criterion {
     Wanda,
     /// Structures (`--level`): L2 norm of every weight slice a structure owns (default there).
     L2,
-    /// Structures (`--level`): L1 norm of every weight slice a structure owns.
+    /// Structures (`--level`): L1 norm of every weight slice a structure owns. (`wanda` with
+    /// `--level`: the sum of the wanda scores of every entry a structure owns.)
     L1,
 }
 

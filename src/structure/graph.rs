@@ -16,6 +16,8 @@ use crate::onnx::walk::{node_label, Index, Use};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seg {
     pub space: usize,
+    /// The space's first structure in this stretch (non-zero after Split/Slice).
+    pub start: usize,
     pub len: usize,
 }
 
@@ -124,7 +126,16 @@ impl<'a> Ctx<'a> {
     pub fn own(&mut self, t: &Tracked, tensor: &str, axis: usize, width: usize, role: Role) {
         let mut offset = 0;
         for s in &t.segs {
-            self.spaces[s.space].slices.push(Slice { tensor: tensor.to_string(), axis, offset, width, role });
+            let (first, count) = (s.start, s.len);
+            self.spaces[s.space].slices.push(Slice {
+                tensor: tensor.to_string(),
+                axis,
+                offset,
+                width,
+                role,
+                first,
+                count,
+            });
             offset += s.len * width;
         }
     }
@@ -138,8 +149,10 @@ impl<'a> Ctx<'a> {
         for (x, px) in starts(a) {
             for (y, py) in starts(b) {
                 let overlap = px < py + y.len && py < px + x.len;
-                if overlap && (x.space != y.space || px != py) {
-                    self.unions.push(Tie { a: x.space, b: y.space, delta: py as i64 - px as i64 });
+                // At position p: x's structure x.start + p − px meets y's y.start + p − py.
+                let delta = (x.start as i64 - px as i64) - (y.start as i64 - py as i64);
+                if overlap && (x.space != y.space || delta != 0) {
+                    self.unions.push(Tie { a: x.space, b: y.space, delta });
                 }
             }
         }
@@ -193,7 +206,7 @@ pub fn channel_spaces(ix: &Index, store: &ExternalStore) -> (Vec<Space>, Vec<Tie
             let space = ctx.new_space(kind, node, ni, n);
             ops::own_producer(&mut ctx, node, space, n);
             if let Some(name) = node.output.first() {
-                tracked.insert(name.clone(), Tracked { segs: vec![Seg { space, len: n }], ..t });
+                tracked.insert(name.clone(), Tracked { segs: vec![Seg { space, start: 0, len: n }], ..t });
             }
         }
     }

@@ -187,7 +187,15 @@ fn exported(g: &Graph, s: usize) -> Result<Space, String> {
     }
     let mut space = Space::new(Kind::Head, node_label(g.node(s), s), heads);
     for p in [&q, &k, &vproj] {
-        space.slices.push(Slice { tensor: p.weight.clone(), axis: 1, offset: 0, width: d, role: Role::Producer });
+        space.slices.push(Slice {
+            tensor: p.weight.clone(),
+            axis: 1,
+            offset: 0,
+            width: d,
+            role: Role::Producer,
+            first: 0,
+            count: usize::MAX,
+        });
         if let Some(b) = &p.bias {
             space.slices.push(Slice {
                 tensor: b.clone(),
@@ -195,18 +203,28 @@ fn exported(g: &Graph, s: usize) -> Result<Space, String> {
                 offset: 0,
                 width: d,
                 role: Role::Bias,
+                first: 0,
+                count: usize::MAX,
             });
         }
         if p.shape[2] != -1 {
-            space.shapes.push(ShapeEdit { node: p.reshape, position: 2, factor: 1 });
+            space.shapes.push(ShapeEdit::whole(p.reshape, 1, 2, 1));
         }
     }
-    space.slices.push(Slice { tensor: wo, axis: 0, offset: 0, width: d, role: Role::Consumer });
+    space.slices.push(Slice {
+        tensor: wo,
+        axis: 0,
+        offset: 0,
+        width: d,
+        role: Role::Consumer,
+        first: 0,
+        count: usize::MAX,
+    });
     if merge.len() != 3 {
         return Err("heads merge to a rank other than 3".into());
     }
     if merge[2] != -1 {
-        space.shapes.push(ShapeEdit { node: ro, position: 2, factor: d as i64 });
+        space.shapes.push(ShapeEdit::whole(ro, 1, 2, d as i64));
     }
     Ok(space)
 }
@@ -233,12 +251,36 @@ fn fused(g: &Graph, a: usize) -> Result<Space, String> {
         .ok_or("output does not feed a constant projection MatMul")?;
     let mut space = Space::new(Kind::Head, node_label(n, a), heads);
     for part in 0..3 {
-        space.slices.push(Slice { tensor: w.clone(), axis: 1, offset: part * hidden, width: d, role: Role::Producer });
+        space.slices.push(Slice {
+            tensor: w.clone(),
+            axis: 1,
+            offset: part * hidden,
+            width: d,
+            role: Role::Producer,
+            first: 0,
+            count: usize::MAX,
+        });
         if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
-            space.slices.push(Slice { tensor: b.clone(), axis: 0, offset: part * hidden, width: d, role: Role::Bias });
+            space.slices.push(Slice {
+                tensor: b.clone(),
+                axis: 0,
+                offset: part * hidden,
+                width: d,
+                role: Role::Bias,
+                first: 0,
+                count: usize::MAX,
+            });
         }
     }
-    space.slices.push(Slice { tensor: wo, axis: 0, offset: 0, width: d, role: Role::Consumer });
-    space.attrs.push(AttrEdit { node: a, name: "num_heads".into(), factor: 1 });
+    space.slices.push(Slice {
+        tensor: wo,
+        axis: 0,
+        offset: 0,
+        width: d,
+        role: Role::Consumer,
+        first: 0,
+        count: usize::MAX,
+    });
+    space.attrs.push(AttrEdit { node: a, name: "num_heads".into(), factor: 1, first: 0, count: usize::MAX });
     Ok(space)
 }

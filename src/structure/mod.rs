@@ -32,8 +32,9 @@ pub enum Role {
     Consumer,
 }
 
-/// A constant tensor slice owned by a space: along `axis`, structure `c` owns the entries
-/// `offset + c*width .. offset + (c+1)*width`.
+/// A constant tensor slice owned by a space: along `axis`, structures `first ..
+/// first + count` of the space own the entries from `offset` on, `width` each (structure
+/// `c` owns `offset + (c−first)·width ..`). `count = usize::MAX` means "to the last one".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slice {
     /// Value name of the constant (initializer or Constant output) in the main graph.
@@ -42,6 +43,21 @@ pub struct Slice {
     pub offset: usize,
     pub width: usize,
     pub role: Role,
+    pub first: usize,
+    pub count: usize,
+}
+
+impl Slice {
+    /// The structures of a space of `n` this slice covers.
+    pub fn covers(&self, n: usize) -> std::ops::Range<usize> {
+        self.first..self.first.saturating_add(self.count).min(n)
+    }
+
+    /// Tensor positions along `axis` owned by structure `c` (which must be covered).
+    pub fn entries(&self, c: usize) -> std::ops::Range<usize> {
+        let start = self.offset + (c - self.first) * self.width;
+        start..start + self.width
+    }
 }
 
 /// The kind of structure a space holds.
@@ -84,13 +100,29 @@ pub struct AttrEdit {
     pub node: usize,
     pub name: String,
     pub factor: i64,
+    /// The structures of the space that count: `first .. first + count` (`usize::MAX`: all).
+    pub first: usize,
+    pub count: usize,
 }
 
+/// Entry `position` of the constant at input `input` of node `node` (a Reshape shape, Split
+/// sizes, Slice starts/ends) becomes the sum, over the spaces listing the same entry, of
+/// `factor ×` the structures kept among `first .. first + count` of that space.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShapeEdit {
     pub node: usize,
+    pub input: usize,
     pub position: usize,
     pub factor: i64,
+    pub first: usize,
+    pub count: usize,
+}
+
+impl ShapeEdit {
+    /// An edit counting every structure of the space.
+    pub fn whole(node: usize, input: usize, position: usize, factor: i64) -> Self {
+        ShapeEdit { node, input, position, factor, first: 0, count: usize::MAX }
+    }
 }
 
 impl Space {

@@ -6,7 +6,7 @@
 use anyhow::Result;
 
 use super::score::{group_scores, Norm, Values};
-use super::{Analysis, Kind, Level};
+use super::{Analysis, Group, Kind, Level};
 use crate::emp::{Cut, Decision, Mass};
 use crate::rewrite::remove::Keeps;
 
@@ -91,18 +91,7 @@ pub fn decide(
                 kept_idx.push(i)
             }
         });
-        // Every member producer keeps at least one structure (a Conv with no filters is not a
-        // model): the best of its range is put back when the cut took them all.
-        for (&m, &o) in g.spaces.iter().zip(&g.offsets) {
-            let range = o..o + a.spaces[m].n;
-            if !kept_idx.iter().any(|k| range.contains(k)) {
-                let best = range.clone().max_by(|&x, &y| s[x].total_cmp(&s[y]).then(y.cmp(&x))).unwrap_or(o);
-                kept_idx.push(best);
-                notes
-                    .push(format!("{}: EMP removed all of its structures; its best one is kept", a.spaces[m].producer));
-            }
-        }
-        kept_idx.sort_unstable();
+        notes.extend(cover_every_range(a, g, &mut kept_idx, |i| s[i]));
         let removed: Vec<usize> = (0..g.n).filter(|i| kept_idx.binary_search(i).is_err()).collect();
         let total = mass.l1.value();
         let kept_share: f64 = kept_idx.iter().map(|&i| s[i] as f64).sum();
@@ -152,4 +141,26 @@ fn global_cuts(scores: &[Option<Vec<f32>>], beta: f64) -> Result<(Vec<GroupCut>,
         })
         .collect::<Result<_>>()?;
     Ok((cuts, d))
+}
+
+/// Makes `keep` (group indices) leave at least one structure in every member producer and in
+/// every slice range a member owns (a Conv without filters, or a Split/Slice output without
+/// channels, is not a model): the best-scoring structure of an emptied range is put back.
+/// Sorts `keep`; returns a note per range restored.
+pub fn cover_every_range(a: &Analysis, g: &Group, keep: &mut Vec<usize>, score: impl Fn(usize) -> f32) -> Vec<String> {
+    let mut notes = vec![];
+    for (&m, &o) in g.spaces.iter().zip(&g.offsets) {
+        let space = &a.spaces[m];
+        let ranges = std::iter::once(0..space.n).chain(space.slices.iter().map(|s| s.covers(space.n)));
+        for r in ranges.map(|r| o + r.start..o + r.end).filter(|r| !r.is_empty()) {
+            if !keep.iter().any(|k| r.contains(k)) {
+                let best = r.clone().max_by(|&x, &y| score(x).total_cmp(&score(y)).then(y.cmp(&x))).unwrap_or(r.start);
+                keep.push(best);
+                notes.push(format!("{}: EMP emptied part of its structures; its best one is kept", space.producer));
+            }
+        }
+    }
+    keep.sort_unstable();
+    keep.dedup();
+    notes
 }

@@ -137,7 +137,8 @@ pub fn calibrate(model: &Model, ix: &Index, a: &Analysis, data: &Calibration) ->
         .collect();
     if let Some(missing) = wanted.iter().find(|&&n| !ws.iter().any(|w| w.name == n)) {
         anyhow::bail!(
-            "--criterion wanda: structure slice {missing:?} is not a weight with a measurable input activation"
+            "--criterion wanda: structure slice {missing:?} is not a Conv/Gemm/MatMul weight with a \
+             measurable input activation (e.g. a fused attention weight); use --criterion l2 or l1"
         );
     }
     let norms = calib::collect(model, ix, &ws, data)?;
@@ -159,11 +160,12 @@ fn bn_gain(values: &mut Values, space: &super::Space) -> Result<Option<Vec<f64>>
 fn accumulate(dims: &[usize], vals: &[f32], s: &Slice, norm: Norm, acc: &mut [f64]) {
     let inner: usize = dims[s.axis + 1..].iter().product();
     let dim = dims[s.axis];
-    let end = s.offset + acc.len() * s.width;
+    let covered = s.covers(acc.len());
+    let end = s.offset + covered.len() * s.width;
     for (i, &v) in vals.iter().enumerate() {
         let idx = (i / inner.max(1)) % dim.max(1);
         if idx >= s.offset && idx < end {
-            let c = (idx - s.offset) / s.width;
+            let c = covered.start + (idx - s.offset) / s.width;
             let x = v as f64;
             acc[c] += if norm == Norm::L2 { x * x } else { x.abs() };
         }

@@ -4,4 +4,5 @@ mod core;
 mod scale_diff;
 mod sparse_wanda_guard;
 mod structure;
+mod structure_wanda_guard;
 mod support;

@@ -319,7 +319,7 @@ fn guard_restores_the_fixed_transform_and_passes() {
     assert_eq!(o.status.code(), Some(2));
 }
 
-fn tiny_model(
+pub fn tiny_model(
     inits: Vec<TensorProto>,
     nodes: Vec<NodeProto>,
     input: &str,
@@ -361,7 +361,7 @@ fn tiny_model(
     }
 }
 
-fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) {
+pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) {
     let dims = match shape {
         [d] => format!("{d},"),
         _ => shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),

@@ -33,7 +33,13 @@ pub fn flow(ctx: &mut Ctx, index: usize, node: &NodeProto, inputs: &[Option<Trac
             ctx.own(&t, b, 0, 1, Role::Param);
         }
         for s in &t.segs {
-            ctx.spaces[s.space].attrs.push(AttrEdit { node: index, name: "group".into(), factor: 1 });
+            ctx.spaces[s.space].attrs.push(AttrEdit {
+                node: index,
+                name: "group".into(),
+                factor: 1,
+                first: s.start,
+                count: s.len,
+            });
         }
         return Ok(Flow::to_first(t));
     }
@@ -57,8 +63,12 @@ pub fn produce(ctx: &mut Ctx, node: &NodeProto) -> Option<(Kind, usize, Tracked)
 }
 
 pub fn own(ctx: &mut Ctx, node: &NodeProto, space: usize, _n: usize) {
-    let t =
-        Tracked { segs: vec![crate::structure::graph::Seg { space, len: _n }], axis: 1, rank: None, width: Width::One };
+    let t = Tracked {
+        segs: vec![crate::structure::graph::Seg { space, start: 0, len: _n }],
+        axis: 1,
+        rank: None,
+        width: Width::One,
+    };
     ctx.own(&t, &node.input[1], 0, 1, Role::Producer);
     if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
         ctx.own(&t, b, 0, 1, Role::Bias);

@@ -68,7 +68,7 @@ pub fn matmul_produce(ctx: &mut Ctx, node: &NodeProto) -> Option<(Kind, usize, T
 }
 
 fn single(space: usize, n: usize) -> Tracked {
-    Tracked { segs: vec![Seg { space, len: n }], axis: -1, rank: None, width: Width::One }
+    Tracked { segs: vec![Seg { space, start: 0, len: n }], axis: -1, rank: None, width: Width::One }
 }
 
 pub fn gemm_own(ctx: &mut Ctx, node: &NodeProto, space: usize, n: usize) {

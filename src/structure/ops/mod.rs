@@ -42,6 +42,8 @@ const REGISTRY: &[(&str, Behaviour)] = &[
     ("Reshape", shape::reshape),
     ("Concat", shape::concat),
     ("Transpose", shape::transpose),
+    ("Split", shape::split),
+    ("Slice", shape::slice),
     ("MaxPool", pool::spatial),
     ("AveragePool", pool::spatial),
     ("LpPool", pool::spatial),

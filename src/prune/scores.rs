@@ -1,0 +1,99 @@
+//! A weight's score vector as the prune passes read it. Magnitude scores are the weights
+//! themselves (every cut and mass works on `|s|`), so they are decoded straight from the
+//! (memory-mapped) element bytes, one [`CHUNK`] at a time into a stack buffer: no score vector
+//! is allocated, however many passes read it. Other criteria hand over computed values.
+
+use anyhow::{bail, Result};
+use bytes::Bytes;
+
+use crate::emp::chunked::CHUNK;
+use crate::onnx::dtype::FloatType;
+
+/// The scores of one weight, in flat order.
+pub enum Scores {
+    /// Computed scores.
+    Values(Vec<f32>),
+    /// `|w|` of little-endian elements of `dtype` (the sign is ignored by every consumer).
+    Raw { name: String, dtype: FloatType, bytes: Bytes },
+}
+
+impl Scores {
+    pub fn len(&self) -> usize {
+        match self {
+            Scores::Values(v) => v.len(),
+            Scores::Raw { dtype, bytes, .. } => bytes.len() / dtype.size(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f(start, chunk)` for consecutive chunks of at most [`CHUNK`] entries, in flat
+    /// order (`start` is the flat index of the chunk's first entry). Raw scores are checked to
+    /// be finite; computed ones are checked by whoever sums them.
+    pub fn for_chunks(&self, mut f: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
+        match self {
+            Scores::Values(v) => v.chunks(CHUNK).enumerate().try_for_each(|(c, s)| f(c * CHUNK, s)),
+            Scores::Raw { name, dtype, bytes } => {
+                let size = dtype.size();
+                let mut buf = [0f32; CHUNK];
+                for (c, raw) in bytes.chunks(CHUNK * size).enumerate() {
+                    let out = &mut buf[..raw.len() / size];
+                    if let Some(j) = dtype.decode_f32_into(raw, out) {
+                        let i = c * CHUNK + j;
+                        bail!(
+                            "tensor {name:?} has a non-finite value ({}) at flat index {i}",
+                            dtype.read_f64(bytes, i)
+                        );
+                    }
+                    f(c * CHUNK, out)?;
+                }
+                // Read through: the mapped pages need not stay resident.
+                crate::onnx::external::release_pages(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// The scores as one vector (for passes that need them all at once, e.g. per row).
+    pub fn into_vec(self) -> Result<Vec<f32>> {
+        match self {
+            Scores::Values(v) => Ok(v),
+            raw => {
+                let mut v = Vec::with_capacity(raw.len());
+                raw.for_chunks(|_, s| {
+                    v.extend(s.iter().map(|x| x.abs()));
+                    Ok(())
+                })?;
+                Ok(v)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_chunks_decode_in_flat_order_and_refuse_non_finite() {
+        let vals: Vec<f32> = (0..CHUNK + 5).map(|i| i as f32 - 7.0).collect();
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let raw = Scores::Raw { name: "w".into(), dtype: FloatType::F32, bytes: Bytes::from(bytes.clone()) };
+        let mut seen = vec![];
+        raw.for_chunks(|start, s| {
+            assert_eq!(start, seen.len());
+            seen.extend_from_slice(s);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vals);
+        assert_eq!(raw.into_vec().unwrap(), vals.iter().map(|v| v.abs()).collect::<Vec<_>>());
+        let mut bad = bytes;
+        bad[4 * (CHUNK + 2)..4 * (CHUNK + 3)].copy_from_slice(&f32::NAN.to_le_bytes());
+        let raw = Scores::Raw { name: "w".into(), dtype: FloatType::F32, bytes: Bytes::from(bad) };
+        let err = raw.for_chunks(|_, _| Ok(())).unwrap_err().to_string();
+        assert!(err.contains(&format!("flat index {}", CHUNK + 2)), "{err}");
+    }
+}
