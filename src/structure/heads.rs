@@ -101,7 +101,48 @@ struct Proj {
     weight: String,
     bias: Option<String>,
     reshape: usize,
-    shape: Vec<i64>,
+    shape: Shape,
+}
+
+/// A Reshape's target shape and, for each entry, which constant holds it: the Reshape's own
+/// shape input, or one input of a `Concat` building the shape from constants and
+/// `Unsqueeze`d dynamic sizes (dynamic entries read as 0, "copy this dim").
+struct Shape {
+    values: Vec<i64>,
+    /// (node, input slot, position) of each entry's constant; `None` for dynamic entries.
+    at: Vec<Option<(usize, usize, usize)>>,
+}
+
+impl Shape {
+    /// The edit making entry `i` equal to `kept × factor`, if it is held by a constant.
+    fn edit(&self, i: usize, factor: i64) -> Option<ShapeEdit> {
+        self.at.get(i).copied().flatten().map(|(node, input, pos)| ShapeEdit::whole(node, input, pos, factor))
+    }
+}
+
+/// The shape feeding Reshape node `r`.
+fn reshape_target(g: &Graph, r: usize) -> Result<Shape, String> {
+    let name = g.node(r).input.get(1).ok_or("Reshape without a shape")?;
+    if let Some(values) = g.ints(name) {
+        let at = (0..values.len()).map(|i| Some((r, 1, i))).collect();
+        return Ok(Shape { values, at });
+    }
+    let c = g.from(name, "Concat").map_err(|_| "the target shape is neither constant nor a Concat of constants")?;
+    let (mut values, mut at) = (vec![], vec![]);
+    for (slot, input) in g.node(c).input.iter().enumerate() {
+        match g.ints(input) {
+            Some(v) => {
+                at.extend((0..v.len()).map(|i| Some((c, slot, i))));
+                values.extend(v);
+            }
+            None if g.from(input, "Unsqueeze").is_ok() => {
+                values.push(0);
+                at.push(None);
+            }
+            None => return Err(format!("shape part {input:?} is neither constant nor an unsqueezed size")),
+        }
+    }
+    Ok(Shape { values, at })
 }
 
 /// Walks up from a head-split Transpose input to the projection.
@@ -112,9 +153,9 @@ fn projection(g: &Graph, transposed: &str, perm: &[i64]) -> Result<Proj, String>
     }
     let r = g.from(&g.node(t).input[0], "Reshape")?;
     let rn = g.node(r);
-    let shape = rn.input.get(1).and_then(|s| g.ints(s)).ok_or("head-split shape is not constant")?;
-    if shape.len() != 4 {
-        return Err(format!("head split to rank {}, expected 4", shape.len()));
+    let shape = reshape_target(g, r)?;
+    if shape.values.len() != 4 || shape.at[3].is_none() || (shape.values[2] != -1 && shape.at[2].is_none()) {
+        return Err(format!("head split to {:?}, expected [b, s, H or -1, d] with constant H and d", shape.values));
     }
     let mut src = rn.input[0].clone();
     let mut bias = None;
@@ -162,13 +203,15 @@ fn exported(g: &Graph, s: usize) -> Result<Space, String> {
         return Err("attention output is not transposed back".into());
     }
     let (ro, _) = g.only_consumer(&g.node(t).output[0])?;
-    let merge = g.node(ro).input.get(1).and_then(|s| g.ints(s)).filter(|_| g.node(ro).op_type == "Reshape");
-    let merge = merge.ok_or("heads are not merged by a Reshape with a constant shape")?;
+    if g.node(ro).op_type != "Reshape" {
+        return Err("heads are not merged by a Reshape".into());
+    }
+    let merge = reshape_target(g, ro)?;
     let (out, oslot) = g.only_consumer(&g.node(ro).output[0])?;
     let wo = g.node(out).input.get(1).cloned().filter(|_| g.node(out).op_type == "MatMul" && oslot == 0);
     let wo = wo.ok_or("merged heads do not feed an output MatMul")?;
     let width = g.dims(&q.weight).map(|d| d[1]).unwrap_or(0);
-    let d = q.shape[3];
+    let d = q.shape.values[3];
     if d <= 0
         || width % d as usize != 0
         || g.dims(&wo).is_none_or(|x| x.len() != 2 || x[0] != width)
@@ -178,8 +221,8 @@ fn exported(g: &Graph, s: usize) -> Result<Space, String> {
     }
     let (d, heads) = (d as usize, width / d as usize);
     for p in [&q, &k, &vproj] {
-        if p.shape[2] != -1 && p.shape[2] as usize != heads
-            || p.shape[3] as usize != d
+        if p.shape.values[2] != -1 && p.shape.values[2] as usize != heads
+            || p.shape.values[3] as usize != d
             || g.dims(&p.weight).map(|x| x[1]) != Some(width)
         {
             return Err("Q, K and V do not split into the same heads".into());
@@ -207,8 +250,9 @@ fn exported(g: &Graph, s: usize) -> Result<Space, String> {
                 count: usize::MAX,
             });
         }
-        if p.shape[2] != -1 {
-            space.shapes.push(ShapeEdit::whole(p.reshape, 1, 2, 1));
+        if p.shape.values[2] != -1 {
+            // Q, K and V may read one shared shape: edit it once.
+            space.shapes.extend(p.shape.edit(2, 1).filter(|e| !space.shapes.contains(e)));
         }
     }
     space.slices.push(Slice {
@@ -220,13 +264,35 @@ fn exported(g: &Graph, s: usize) -> Result<Space, String> {
         first: 0,
         count: usize::MAX,
     });
-    if merge.len() != 3 {
+    if merge.values.len() != 3 {
         return Err("heads merge to a rank other than 3".into());
     }
-    if merge[2] != -1 {
-        space.shapes.push(ShapeEdit::whole(ro, 1, 2, d as i64));
+    if merge.values[2] != -1 {
+        let e = merge.edit(2, d as i64).ok_or("the merged width is not a constant")?;
+        space.shapes.push(e);
     }
+    shapes_are_private(g, &space, &[&q, &k, &vproj], ro)?;
     Ok(space)
+}
+
+/// A shape built by a Concat is edited in place: it must feed only this layer's Reshapes.
+fn shapes_are_private(g: &Graph, space: &Space, projs: &[&Proj], merge: usize) -> Result<(), String> {
+    let mine: Vec<usize> =
+        projs.iter().filter_map(|p| p.shape.at.iter().flatten().next().map(|a| a.0)).chain([merge]).collect();
+    let reshapes: Vec<usize> = projs.iter().map(|p| p.reshape).chain([merge]).collect();
+    for e in &space.shapes {
+        if g.node(e.node).op_type != "Concat" || !mine.contains(&e.node) {
+            continue;
+        }
+        let shared = g.ix.uses(0, &g.node(e.node).output[0]).iter().any(|u| match u {
+            Use::Node { graph: 0, node, .. } => !reshapes.contains(node),
+            _ => true,
+        });
+        if shared {
+            return Err("the head-split shape is built once and shared beyond this layer".into());
+        }
+    }
+    Ok(())
 }
 
 /// `com.microsoft.Attention` node `a` and its output projection.

@@ -271,6 +271,69 @@ fn fused_attention_heads_are_found_and_tract_failures_leave_no_output() {
     assert!(!out2.exists());
 }
 
+/// tiny_encoder with layer 0's head-split and merge shapes built at run time, as dynamic-axis
+/// exports do: `Concat(Unsqueeze(Gather(Shape(x), 0)), Unsqueeze(Gather(Shape(x), 1)), [4], [8])`.
+fn encoder_with_concat_shapes() -> ModelProto {
+    let mut m = load_proto(&model("tiny_encoder.onnx"));
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.extend([
+        i64_init("c.idx0", &[0]),
+        i64_init("c.idx1", &[1]),
+        i64_init("c.axes", &[0]),
+        i64_init("c.heads", &[4]),
+        i64_init("c.dim", &[8]),
+        i64_init("c.width", &[32]),
+    ]);
+    // Gather with a 1-element index gives a [1] tensor; Unsqueeze needs a scalar, so take the
+    // sizes with Slice-free Gather of a scalar index instead.
+    for t in g.initializer.iter_mut().filter(|t| t.name == "c.idx0" || t.name == "c.idx1") {
+        t.dims.clear();
+    }
+    let start = g.node.iter().position(|n| n.name == "l0_q_reshape").unwrap();
+    let x = "l0_q_proj_bias_out";
+    let built = vec![
+        node("Shape", "c_shape", &[x], &["c.sh"], vec![]),
+        node("Gather", "c_g0", &["c.sh", "c.idx0"], &["c.b"], vec![]),
+        node("Gather", "c_g1", &["c.sh", "c.idx1"], &["c.s"], vec![]),
+        node("Unsqueeze", "c_u0", &["c.b", "c.axes"], &["c.ub"], vec![]),
+        node("Unsqueeze", "c_u1", &["c.s", "c.axes"], &["c.us"], vec![]),
+        node("Concat", "c_split", &["c.ub", "c.us", "c.heads", "c.dim"], &["c.split_shape"], vec![int("axis", 0)]),
+        node("Concat", "c_merge", &["c.ub", "c.us", "c.width"], &["c.merge_shape"], vec![int("axis", 0)]),
+    ];
+    for (i, n) in built.into_iter().enumerate() {
+        g.node.insert(start + i, n);
+    }
+    for n in g.node.iter_mut() {
+        match n.name.as_str() {
+            "l0_q_reshape" | "l0_k_reshape" | "l0_v_reshape" => n.input[1] = "c.split_shape".into(),
+            "l0_context_reshape" => n.input[1] = "c.merge_shape".into(),
+            _ => {}
+        }
+    }
+    m
+}
+
+#[test]
+fn heads_are_removed_when_shapes_are_built_by_concat() {
+    let dir = tmp();
+    let path = dir.path().join("enc_concat.onnx");
+    write_model(&path, &encoder_with_concat_shapes());
+    let same = ok_json(&["validate", p(&model("tiny_encoder.onnx")), p(&path), "--min-cosine", "0.99999", "--json"]);
+    assert!(max_abs(&same["validation"]) < 1e-5, "the crafted model must compute the same function");
+    let r = ok_json(&["inspect", p(&path), "--level", "head", "--json"]);
+    assert!(r["structures"].as_array().unwrap().iter().all(|h| h["blocked"].is_null()), "{}", r["structures"]);
+    let v = exactness(&path, Level::Head, every_other);
+    assert!(max_abs(&v) < 1e-4, "max |Δ| {}", max_abs(&v));
+    // The rewritten Concat part says 2 heads and 16 merged features.
+    let out = dir.path().join("pruned.onnx");
+    ok_json(&["prune", p(&path), "-o", p(&out), "--level", "head", "--beta", "0.75", "--min-cosine", "0", "--json"]);
+    let m = load_proto(&out);
+    let g = m.graph.as_ref().unwrap();
+    let cat = g.node.iter().find(|n| n.name == "c_split").unwrap();
+    let heads = g.initializer.iter().find(|t| t.name == cat.input[2]).unwrap();
+    assert_eq!(i64::from_le_bytes(heads.raw_data[..8].try_into().unwrap()), 2);
+}
+
 // ---------- random graphs ----------
 
 fn f32_init(name: &str, dims: &[usize], rng: &mut Rng) -> TensorProto {
