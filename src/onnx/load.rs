@@ -39,8 +39,9 @@ impl Model {
     }
 
     pub fn graph(&self) -> &super::proto::GraphProto {
-        // `decode` guarantees the graph is present.
-        self.proto.graph.as_ref().expect("model without graph passed validation")
+        // `decode` guarantees the graph is present; an in-memory model may lack one.
+        static EMPTY: std::sync::OnceLock<super::proto::GraphProto> = std::sync::OnceLock::new();
+        self.proto.graph.as_ref().unwrap_or_else(|| EMPTY.get_or_init(Default::default))
     }
 }
 

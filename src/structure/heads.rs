@@ -230,40 +230,16 @@ fn exported(g: &Graph, s: usize) -> Result<Space, String> {
     }
     let mut space = Space::new(Kind::Head, node_label(g.node(s), s), heads);
     for p in [&q, &k, &vproj] {
-        space.slices.push(Slice {
-            tensor: p.weight.clone(),
-            axis: 1,
-            offset: 0,
-            width: d,
-            role: Role::Producer,
-            first: 0,
-            count: usize::MAX,
-        });
+        space.slices.push(Slice::whole(p.weight.clone(), 1, 0, d, Role::Producer));
         if let Some(b) = &p.bias {
-            space.slices.push(Slice {
-                tensor: b.clone(),
-                axis: g.dims(b).map(|x| x.len() - 1).unwrap_or(0),
-                offset: 0,
-                width: d,
-                role: Role::Bias,
-                first: 0,
-                count: usize::MAX,
-            });
+            space.slices.push(Slice::whole(b.clone(), g.dims(b).map(|x| x.len() - 1).unwrap_or(0), 0, d, Role::Bias));
         }
         if p.shape.values[2] != -1 {
             // Q, K and V may read one shared shape: edit it once.
             space.shapes.extend(p.shape.edit(2, 1).filter(|e| !space.shapes.contains(e)));
         }
     }
-    space.slices.push(Slice {
-        tensor: wo,
-        axis: 0,
-        offset: 0,
-        width: d,
-        role: Role::Consumer,
-        first: 0,
-        count: usize::MAX,
-    });
+    space.slices.push(Slice::whole(wo, 0, 0, d, Role::Consumer));
     if merge.values.len() != 3 {
         return Err("heads merge to a rank other than 3".into());
     }
@@ -317,36 +293,12 @@ fn fused(g: &Graph, a: usize) -> Result<Space, String> {
         .ok_or("output does not feed a constant projection MatMul")?;
     let mut space = Space::new(Kind::Head, node_label(n, a), heads);
     for part in 0..3 {
-        space.slices.push(Slice {
-            tensor: w.clone(),
-            axis: 1,
-            offset: part * hidden,
-            width: d,
-            role: Role::Producer,
-            first: 0,
-            count: usize::MAX,
-        });
+        space.slices.push(Slice::whole(w.clone(), 1, part * hidden, d, Role::Producer));
         if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
-            space.slices.push(Slice {
-                tensor: b.clone(),
-                axis: 0,
-                offset: part * hidden,
-                width: d,
-                role: Role::Bias,
-                first: 0,
-                count: usize::MAX,
-            });
+            space.slices.push(Slice::whole(b.clone(), 0, part * hidden, d, Role::Bias));
         }
     }
-    space.slices.push(Slice {
-        tensor: wo,
-        axis: 0,
-        offset: 0,
-        width: d,
-        role: Role::Consumer,
-        first: 0,
-        count: usize::MAX,
-    });
+    space.slices.push(Slice::whole(wo, 0, 0, d, Role::Consumer));
     space.attrs.push(AttrEdit { node: a, name: "num_heads".into(), factor: 1, first: 0, count: usize::MAX });
     Ok(space)
 }

@@ -48,6 +48,11 @@ pub struct Slice {
 }
 
 impl Slice {
+    /// A slice covering every structure of its space.
+    pub fn whole(tensor: impl Into<String>, axis: usize, offset: usize, width: usize, role: Role) -> Self {
+        Slice { tensor: tensor.into(), axis, offset, width, role, first: 0, count: usize::MAX }
+    }
+
     /// The structures of a space of `n` this slice covers.
     pub fn covers(&self, n: usize) -> std::ops::Range<usize> {
         self.first..self.first.saturating_add(self.count).min(n)
