@@ -33,26 +33,38 @@ impl Scores {
     /// order (`start` is the flat index of the chunk's first entry). Raw scores are checked to
     /// be finite; computed ones are checked by whoever sums them.
     pub fn for_chunks(&self, mut f: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
+        let mut buf = [0f32; CHUNK];
+        for c in 0..self.len().div_ceil(CHUNK) {
+            f(c * CHUNK, self.chunk(c, &mut buf)?)?;
+        }
+        // Read through: the mapped pages need not stay resident.
+        self.release();
+        Ok(())
+    }
+
+    /// The scores of chunk `c` (entries `c*CHUNK..`, at most [`CHUNK`]), decoded into `buf`
+    /// if raw; a non-finite raw value is an error. Chunks may be read in any order.
+    pub fn chunk<'s>(&'s self, c: usize, buf: &'s mut [f32; CHUNK]) -> Result<&'s [f32]> {
+        let range = |n: usize| c * CHUNK..((c + 1) * CHUNK).min(n);
         match self {
-            Scores::Values(v) => v.chunks(CHUNK).enumerate().try_for_each(|(c, s)| f(c * CHUNK, s)),
+            Scores::Values(v) => Ok(&v[range(v.len())]),
             Scores::Raw { name, dtype, bytes } => {
                 let size = dtype.size();
-                let mut buf = [0f32; CHUNK];
-                for (c, raw) in bytes.chunks(CHUNK * size).enumerate() {
-                    let out = &mut buf[..raw.len() / size];
-                    if let Some(j) = dtype.decode_f32_into(raw, out) {
-                        let i = c * CHUNK + j;
-                        bail!(
-                            "tensor {name:?} has a non-finite value ({}) at flat index {i}",
-                            dtype.read_f64(bytes, i)
-                        );
-                    }
-                    f(c * CHUNK, out)?;
+                let r = range(self.len());
+                let out = &mut buf[..r.len()];
+                if let Some(j) = dtype.decode_f32_into(&bytes[r.start * size..r.end * size], out) {
+                    let i = r.start + j;
+                    bail!("tensor {name:?} has a non-finite value ({}) at flat index {i}", dtype.read_f64(bytes, i));
                 }
-                // Read through: the mapped pages need not stay resident.
-                crate::onnx::external::release_pages(bytes);
-                Ok(())
+                Ok(out)
             }
+        }
+    }
+
+    /// Hands the mapped pages of raw scores back to the kernel (they were read through).
+    pub fn release(&self) {
+        if let Scores::Raw { bytes, .. } = self {
+            crate::onnx::external::release_pages(bytes);
         }
     }
 

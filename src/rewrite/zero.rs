@@ -1,20 +1,27 @@
 //! Dense output: dropped entries become 0 in place, shapes and dtypes unchanged. Each weight
 //! is rewritten from its (memory-mapped) bytes chunk by chunk — scores of a chunk, its keep-mask
 //! ([`Marker`]), then every element copied or zeroed without a branch, specialised per element
-//! size — and checked: kept entries bit-identical, dropped entries zero.
+//! size — and checked: kept entries bit-identical, dropped entries zero. A large weight under
+//! one whole-tensor cut is rewritten in parallel fixed-size blocks, with the tie budget handed
+//! out in flat order, so the output does not depend on the thread count.
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use rayon::prelude::*;
 
 use crate::emp::chunked::CHUNK;
-use crate::emp::Sum;
+use crate::emp::{Cut, Sum};
 use crate::onnx::load::Model;
 use crate::onnx::tensor;
 use crate::onnx::walk::Index;
 use crate::prune::apply::Marker;
 use crate::prune::scores::Scores;
-use crate::prune::{weight_scores, Planned};
+use crate::prune::{weight_scores, Planned, WeightCut};
 use crate::score::Criterion;
+
+/// Entries per parallel block of a whole-tensor rewrite: fixed (never from the thread count)
+/// and a multiple of [`CHUNK`]; smaller tensors are rewritten sequentially.
+const BLOCK: usize = 64 * CHUNK;
 
 /// What rewriting one weight did.
 #[derive(Clone, Debug, Default)]
@@ -40,6 +47,12 @@ fn zero_bytes(src: &[u8], p: &Planned, scores: &Scores) -> Result<(Bytes, Counts
         bail!("{} scores for {} bytes of {}", scores.len(), src.len(), ft.name());
     }
     let mut out = vec![0u8; src.len()];
+    if let WeightCut::All { cut, group } = &p.cut {
+        if scores.len() > BLOCK {
+            let (tally, kept) = zero_whole(src, &mut out, size, cut, scores, BLOCK)?;
+            return finish(src, out, tally, vec![(*group, kept)]);
+        }
+    }
     let mut marker = Marker::new(p);
     let mut keep = [false; CHUNK];
     let mut tally = Tally::default();
@@ -54,15 +67,100 @@ fn zero_bytes(src: &[u8], p: &Planned, scores: &Scores) -> Result<(Bytes, Counts
         }
         Ok(())
     })?;
-    // After-check: every element written is the source element or zero, so the output must
-    // hold exactly the kept non-zeros.
+    finish(src, out, tally, marker.finish())
+}
+
+/// Checks and packages a rewritten weight: every element written is the source element or
+/// zero, so the output must hold exactly the kept non-zeros.
+fn finish(src: &[u8], out: Vec<u8>, tally: Tally, kept: Vec<(usize, Sum)>) -> Result<(Bytes, Counts)> {
     if tally.written != tally.after {
         bail!("internal error: {} non-zero entries written, {} planned", tally.written, tally.after);
     }
     // The source was only read: its mapped pages need not stay resident.
     crate::onnx::external::release_pages(src);
-    let counts = Counts { nonzero_before: tally.before, nonzero_after: tally.after, kept: marker.finish() };
-    Ok((Bytes::from(out), counts))
+    Ok((Bytes::from(out), Counts { nonzero_before: tally.before, nonzero_after: tally.after, kept }))
+}
+
+/// Rewrites a whole-tensor cut in parallel blocks of `block` entries (a multiple of [`CHUNK`]).
+/// The tie budget is handed out in flat order — each block starts with the ties its
+/// predecessors used — and chunk masses are added in flat order, so the result is that of the
+/// sequential path for any thread count.
+fn zero_whole(
+    src: &[u8],
+    out: &mut [u8],
+    size: usize,
+    cut: &Cut,
+    scores: &Scores,
+    block: usize,
+) -> Result<(Tally, Sum)> {
+    debug_assert_eq!(block % CHUNK, 0);
+    let blocks = scores.len().div_ceil(block);
+    let starts = tie_starts(cut, scores, blocks, block)?;
+    let done: Vec<Result<(Tally, Vec<f64>)>> = out
+        .par_chunks_mut(block * size)
+        .zip(starts)
+        .enumerate()
+        .map(|(b, (out, used))| zero_block(&src[b * block * size..], out, size, cut, scores, b * block / CHUNK, used))
+        .collect();
+    scores.release();
+    let (mut tally, mut kept) = (Tally::default(), Sum::default());
+    for r in done {
+        let (t, masses) = r?;
+        tally.add(&t);
+        masses.into_iter().for_each(|m| kept.add(m));
+    }
+    Ok((tally, kept))
+}
+
+/// The ties at the cut used before each block: the running count of tied entries, capped at
+/// the cut's budget. No counting pass when the budget cannot bind (zero, or at least one tie
+/// per entry, as when a global cut keeps every tie).
+fn tie_starts(cut: &Cut, scores: &Scores, blocks: usize, block: usize) -> Result<Vec<usize>> {
+    if cut.ties == 0 || cut.ties >= scores.len() {
+        return Ok(vec![0; blocks]);
+    }
+    let counts: Vec<Result<usize>> = (0..blocks)
+        .into_par_iter()
+        .map(|b| {
+            let mut buf = [0f32; CHUNK];
+            let chunks = b * block / CHUNK..((b + 1) * block).min(scores.len()).div_ceil(CHUNK);
+            chunks.map(|c| Ok(cut.tie_count(scores.chunk(c, &mut buf)?))).sum()
+        })
+        .collect();
+    let mut used = 0;
+    let mut starts = Vec::with_capacity(blocks);
+    for n in counts {
+        starts.push(used);
+        used = (used + n?).min(cut.ties);
+    }
+    Ok(starts)
+}
+
+/// One block: chunk by chunk from chunk index `first`, marked with the tie count `used` it
+/// starts with and copied into `out`; the tally and the kept mass of every chunk.
+fn zero_block(
+    src: &[u8],
+    out: &mut [u8],
+    size: usize,
+    cut: &Cut,
+    scores: &Scores,
+    first: usize,
+    mut used: usize,
+) -> Result<(Tally, Vec<f64>)> {
+    let (mut buf, mut keep, mut tally) = ([0f32; CHUNK], [false; CHUNK], Tally::default());
+    let mut masses = Vec::with_capacity(out.len() / size / CHUNK + 1);
+    for (j, o) in out.chunks_mut(CHUNK * size).enumerate() {
+        let s = scores.chunk(first + j, &mut buf)?;
+        let keep = &mut keep[..s.len()];
+        masses.push(cut.mark(s, &mut used, keep));
+        let src = &src[j * CHUNK * size..][..o.len()];
+        match size {
+            2 => copy_kept::<2>(src, o, keep, &mut tally),
+            4 => copy_kept::<4>(src, o, keep, &mut tally),
+            _ => copy_kept::<8>(src, o, keep, &mut tally),
+        }
+    }
+    Ok((tally, masses))
 }
 
 /// Non-zero counts: in the source, among kept source entries, and in the output.
@@ -71,6 +169,14 @@ struct Tally {
     before: usize,
     after: usize,
     written: usize,
+}
+
+impl Tally {
+    fn add(&mut self, t: &Tally) {
+        self.before += t.before;
+        self.after += t.after;
+        self.written += t.written;
+    }
 }
 
 /// Copies the kept `W`-byte little-endian elements of `src` to `out` and zeroes the others
@@ -117,6 +223,55 @@ mod tests {
                 assert_eq!(out[e], want[..], "w={w} i={i}");
             }
             assert_eq!((t.before, t.after, t.written), (5, 2, 2), "w={w}");
+        }
+    }
+
+    fn planned(n: usize, cut: Cut) -> Planned {
+        let weight = crate::weights::Weight {
+            id: 0,
+            name: "w".into(),
+            graph: "main".into(),
+            site: crate::onnx::walk::Site::Initializer,
+            op: "MatMul".into(),
+            node: "n".into(),
+            dtype: crate::onnx::dtype::FloatType::F32,
+            shape: vec![n],
+            unit_axes: vec![0],
+            storage: crate::onnx::tensor::Storage::Raw,
+            activation: None,
+            act_norms: None,
+        };
+        Planned { weight, cut: WeightCut::All { cut, group: 3 } }
+    }
+
+    #[test]
+    fn parallel_blocks_equal_the_sequential_path_with_heavy_ties() {
+        let mut rng = crate::rng::Rng::new(5);
+        let n = 5 * CHUNK + 17;
+        let w: Vec<f32> =
+            (0..n).map(|_| [0.0f32, 0.5, -0.5, 1.0, -1.0, 2.0][(rng.uniform() * 6.0) as usize % 6]).collect();
+        let src: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for keep in [1, n / 3, n / 2, n - 1] {
+            let found = Cut::find(&w.iter().map(|x| x.abs()).collect::<Vec<_>>(), keep);
+            // The cut as found (ties bind), and as a global cut that keeps every tie.
+            for cut in [found, Cut { ties: usize::MAX, ..found }] {
+                let p = planned(n, cut);
+                for scores in [
+                    Scores::Values(w.clone()),
+                    Scores::Raw { name: "w".into(), dtype: p.weight.dtype, bytes: Bytes::from(src.clone()) },
+                ] {
+                    assert!(n < BLOCK, "the reference must take the sequential path");
+                    let (want, counts) = zero_bytes(&src, &p, &scores).unwrap();
+                    for block in [CHUNK, 2 * CHUNK, 8 * CHUNK] {
+                        let mut out = vec![0u8; src.len()];
+                        let (t, kept) = zero_whole(&src, &mut out, 4, &cut, &scores, block).unwrap();
+                        assert_eq!(out, want[..], "keep={keep} block={block}");
+                        assert_eq!((t.before, t.after), (counts.nonzero_before, counts.nonzero_after));
+                        assert_eq!(t.after, t.written);
+                        assert_eq!(kept.value().to_bits(), counts.kept[0].1.value().to_bits());
+                    }
+                }
+            }
         }
     }
 }
