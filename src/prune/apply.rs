@@ -198,26 +198,11 @@ pub fn mask(p: &Planned, scores: &[f32]) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::dtype::FloatType;
-    use crate::onnx::tensor::Storage;
     use crate::rng::Rng;
     use crate::weights::Weight;
 
     fn planned(shape: &[usize], unit: &[usize], cuts: Vec<Cut>) -> Planned {
-        let weight = Weight {
-            id: 0,
-            name: "w".into(),
-            graph: "main".into(),
-            site: crate::onnx::walk::Site::Initializer,
-            op: "MatMul".into(),
-            node: "n".into(),
-            dtype: FloatType::F32,
-            shape: shape.to_vec(),
-            unit_axes: unit.to_vec(),
-            storage: Storage::Raw,
-            activation: None,
-            act_norms: None,
-        };
+        let weight = Weight::fixture(shape, unit);
         Planned { weight, cut: WeightCut::Rows { cuts, first_group: 0 } }
     }
 

@@ -227,20 +227,7 @@ mod tests {
     }
 
     fn planned(n: usize, cut: Cut) -> Planned {
-        let weight = crate::weights::Weight {
-            id: 0,
-            name: "w".into(),
-            graph: "main".into(),
-            site: crate::onnx::walk::Site::Initializer,
-            op: "MatMul".into(),
-            node: "n".into(),
-            dtype: crate::onnx::dtype::FloatType::F32,
-            shape: vec![n],
-            unit_axes: vec![0],
-            storage: crate::onnx::tensor::Storage::Raw,
-            activation: None,
-            act_norms: None,
-        };
+        let weight = crate::weights::Weight::fixture(&[n], &[0]);
         Planned { weight, cut: WeightCut::All { cut, group: 3 } }
     }
 

@@ -53,6 +53,25 @@ pub struct Activation {
 }
 
 impl Weight {
+    /// A plain f32 raw-data weight of `shape` whose rows are `unit_axes` (test fixture).
+    #[cfg(test)]
+    pub fn fixture(shape: &[usize], unit_axes: &[usize]) -> Weight {
+        Weight {
+            id: 0,
+            name: "w".into(),
+            graph: "main".into(),
+            site: Site::Initializer,
+            op: "MatMul".into(),
+            node: "n".into(),
+            dtype: FloatType::F32,
+            shape: shape.to_vec(),
+            unit_axes: unit_axes.to_vec(),
+            storage: Storage::Raw,
+            activation: None,
+            act_norms: None,
+        }
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
