@@ -9,5 +9,6 @@ pub mod save;
 pub mod sparse;
 pub mod tensor;
 pub mod walk;
+pub mod writeback;
 
 pub use load::Model;

@@ -6,7 +6,8 @@
 //! Nothing is encoded into one big buffer: the data file is written tensor by tensor, and the
 //! model file is streamed field by field — the main graph's initializers one at a time, each
 //! optionally replaced on the fly by a same-sized payload ([`save_streaming`]) — and the input
-//! pages of every tensor written are handed back to the kernel. Peak memory is the graph plus
+//! pages of every tensor written are handed back to the kernel. Writeback to disk starts as
+//! the files are written ([`Writeback`]), not at the final fsync. Peak memory is the graph plus
 //! the tensors a caller keeps in flight, not the model size.
 
 use std::collections::HashSet;
@@ -22,6 +23,7 @@ use super::external::{release_pages, ExternalStore};
 use super::proto::{ModelProto, TensorProto};
 use super::tensor::{self, Storage};
 use super::walk::visit_tensors_mut;
+use super::writeback::Writeback;
 
 /// Protobuf messages must stay below 2 GiB; we leave head-room for the graph itself.
 pub const MODEL_FILE_LIMIT: u64 = (1 << 31) - 1;
@@ -109,7 +111,7 @@ pub fn save_streaming(
 /// repeated ones in order, so this decodes to the same message). Returns the bytes written.
 fn write_model(mut proto: ModelProto, path: &Path, inline: &mut Payload) -> Result<u64> {
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = Counting { inner: BufWriter::with_capacity(1 << 20, file), written: 0 };
+    let mut w = Counting { inner: BufWriter::with_capacity(1 << 20, Writeback::new(file)), written: 0 };
     let graph = proto.graph.take();
     w.write_all(&proto.encode_to_vec())?;
     if let Some(mut g) = graph {
@@ -126,7 +128,7 @@ fn write_model(mut proto: ModelProto, path: &Path, inline: &mut Payload) -> Resu
     }
     let written = w.written;
     let file = w.inner.into_inner().map_err(|e| anyhow!("writing {}: {}", path.display(), e.error()))?;
-    file.sync_all()?;
+    file.into_inner().sync_all()?;
     Ok(written)
 }
 
@@ -276,7 +278,7 @@ fn write_data_file(
         .ok_or_else(|| anyhow!("output name {} is not valid UTF-8", final_path.display()))?
         .to_string();
     let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut w = BufWriter::with_capacity(1 << 20, Writeback::new(file));
     let mut offset = 0u64;
     visit_tensors_mut(proto, &mut |id, t| {
         if !set.contains(&id) {
@@ -297,7 +299,7 @@ fn write_data_file(
         Ok(())
     })?;
     let file = w.into_inner().map_err(|e| anyhow!("writing {}: {}", tmp.display(), e.error()))?;
-    file.sync_all()?;
+    file.into_inner().sync_all()?;
     Ok(offset)
 }
 
