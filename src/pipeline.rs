@@ -15,7 +15,7 @@ use crate::onnx::tensor::{self, Storage};
 use crate::onnx::walk::{visit_tensors_mut, Index};
 use crate::prune::{self, Config, Plan};
 use crate::report::{self, Report, TensorReport, Totals, ValidateReport};
-use crate::rewrite::stream::Prefetch;
+use crate::rewrite::stream::{Done, Prefetch, DEFAULT_BUDGET};
 use crate::rewrite::zero::{self, Counts};
 use crate::validate::{self, Options};
 
@@ -85,23 +85,28 @@ pub fn prune_file_with(
     };
     let inputs = protected_inputs(&model)?;
     let zero_one = |i: usize| zero::zero(&model, &ix, &plan.weights[i], cfg.criterion);
-    let prefetch = RefCell::new(Prefetch::new(stream_order(&plan, &lazy), |id: usize| zero_one(by_id[&id])));
+    let compute = |id: usize| zero_one(by_id[&id]);
+    let done = Done::default();
     let counts = RefCell::new(counts);
     let weight_bytes = plan.weights.iter().map(|p| (p.weight.numel() * p.weight.dtype.size()) as u64).sum();
     let bar = crate::progress::bytes(weight_bytes, "pruning");
-    let fetch = |id: usize| -> Result<Option<Bytes>> {
-        let Some(&i) = by_id.get(&id) else { return Ok(None) };
-        bar.inc((plan.weights[i].weight.numel() * plan.weights[i].weight.dtype.size()) as u64);
-        let (data, c) = match prefetch.borrow_mut().take(id)? {
-            Some(done) => done,
-            None => zero_one(i)?,
+    // The writer runs on this thread while the pool rewrites the tensors it will ask for next.
+    let saved = rayon::in_place_scope(|scope| {
+        let prefetch = RefCell::new(Prefetch::new(scope, &done, stream_order(&plan, &lazy), &compute, DEFAULT_BUDGET));
+        let fetch = |id: usize| -> Result<Option<Bytes>> {
+            let Some(&i) = by_id.get(&id) else { return Ok(None) };
+            bar.inc((plan.weights[i].weight.numel() * plan.weights[i].weight.dtype.size()) as u64);
+            let (data, c) = match prefetch.borrow_mut().take(id)? {
+                Some(done) => done,
+                None => zero_one(i)?,
+            };
+            counts.borrow_mut()[i] = Some(c);
+            Ok(Some(data))
         };
-        counts.borrow_mut()[i] = Some(c);
-        Ok(Some(data))
-    };
-    let mut external = |id: usize| fetch(converted.as_ref().map_or(id, |c| c.remap[id]));
-    let mut inline = |id: usize| if lazy_id(&plan, &lazy, &by_id, id) { fetch(id) } else { Ok(None) };
-    let saved = save::save_streaming(proto, &model.external, out, &inputs, &mut external, &mut inline)?;
+        let mut external = |id: usize| fetch(converted.as_ref().map_or(id, |c| c.remap[id]));
+        let mut inline = |id: usize| if lazy_id(&plan, &lazy, &by_id, id) { fetch(id) } else { Ok(None) };
+        save::save_streaming(proto, &model.external, out, &inputs, &mut external, &mut inline)
+    })?;
     bar.finish_and_clear();
     let counts: Vec<Counts> = counts.into_inner().into_iter().map(Option::unwrap_or_default).collect();
     let before = input_bytes(&model);

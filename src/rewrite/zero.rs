@@ -46,7 +46,7 @@ fn zero_bytes(src: &[u8], p: &Planned, scores: &Scores) -> Result<(Bytes, Counts
     if src.len() != scores.len() * size {
         bail!("{} scores for {} bytes of {}", scores.len(), src.len(), ft.name());
     }
-    let mut out = vec![0u8; src.len()];
+    let mut out = super::buffers::take(src.len());
     if let WeightCut::All { cut, group } = &p.cut {
         if scores.len() > BLOCK {
             let (tally, kept) = zero_whole(src, &mut out, size, cut, scores, BLOCK)?;
@@ -78,7 +78,7 @@ fn finish(src: &[u8], out: Vec<u8>, tally: Tally, kept: Vec<(usize, Sum)>) -> Re
     }
     // The source was only read: its mapped pages need not stay resident.
     crate::onnx::external::release_pages(src);
-    Ok((Bytes::from(out), Counts { nonzero_before: tally.before, nonzero_after: tally.after, kept }))
+    Ok((super::buffers::share(out), Counts { nonzero_before: tally.before, nonzero_after: tally.after, kept }))
 }
 
 /// Rewrites a whole-tensor cut in parallel blocks of `block` entries (a multiple of [`CHUNK`]).
