@@ -136,6 +136,10 @@ pub fn mass_bound(n: usize, keep: usize, beta: f64) -> Option<f64> {
     Some(v / n + ((n - v) / n) * ((n - v - 1.0) / ((v + 1.0) * (n - 1.0))).sqrt())
 }
 
+/// Vectors at least this long (and shorter than [`radix::MIN_LEN`]) are selected by a small
+/// histogram ([`radix::select_short`]); shorter ones by copying and partitioning.
+const SHORT_SELECT: usize = 256;
+
 /// Which entries survive: every `|s| > value`, plus the first `ties` entries (in flat order)
 /// with `|s| == value`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -161,6 +165,9 @@ impl Cut {
         }
         if keep > 0 && n >= radix::MIN_LEN {
             return radix::select(parts, keep);
+        }
+        if keep > 0 && n >= SHORT_SELECT {
+            return radix::select_short(parts, keep);
         }
         let mut scratch: Vec<f32> = Vec::with_capacity(n);
         for p in parts {
@@ -232,6 +239,7 @@ pub fn prune_vector(scores: &[f32], beta: f64) -> Result<(Decision, Cut, Vec<boo
 }
 
 pub mod chunked;
+pub mod half;
 pub mod radix;
 
 #[cfg(test)]

@@ -37,6 +37,19 @@ impl Histogram {
         }
     }
 
+    /// Pass 1 for `count` entries equal to `s` at once.
+    pub fn add_high_count(&mut self, s: f32, count: u64) {
+        self.0[(s.abs().to_bits() >> 16) as usize] += count;
+    }
+
+    /// Pass 2 for `count` entries equal to `s` at once.
+    pub fn add_low_count(&mut self, s: f32, high: u32, count: u64) {
+        let b = s.abs().to_bits();
+        if b >> 16 == high {
+            self.0[(b & 0xffff) as usize] += count;
+        }
+    }
+
     pub fn merge(mut self, o: Histogram) -> Histogram {
         self.0.iter_mut().zip(o.0).for_each(|(a, b)| *a += b);
         self
@@ -70,6 +83,39 @@ pub fn cut_from(high: &Histogram, low_of: impl FnOnce(u32) -> Histogram, keep: u
     let value = f32::from_bits((hb << 16) | lb);
     let greater = above_hi + above_lo;
     (Cut { value, ties: (keep - greater) as usize }, low.count(lb))
+}
+
+/// Bins of the short-vector histogram: the exponent and three mantissa bits of `|s|`.
+const SHORT_BITS: u32 = 11;
+
+/// The exact cut keeping `keep` (`0 < keep < n`) of the concatenation of `parts`, for vectors
+/// that fit in cache (a row): an 11-bit histogram of `|s|` finds the bin holding the
+/// `keep`-th largest, and only that bin's entries are copied and partitioned — instead of a
+/// copy and `select_nth_unstable` of the whole vector.
+pub fn select_short(parts: &[&[f32]], keep: usize) -> Cut {
+    let mut hist = [0usize; 1 << SHORT_BITS];
+    let bin_of = |s: f32| (s.abs().to_bits() >> (32 - 1 - SHORT_BITS)) as usize;
+    for p in parts {
+        for &s in *p {
+            hist[bin_of(s)] += 1;
+        }
+    }
+    let (mut bin, mut above) = (0, 0);
+    for b in (0..hist.len()).rev() {
+        if above + hist[b] >= keep {
+            bin = b;
+            break;
+        }
+        above += hist[b];
+    }
+    let mut cand: Vec<f32> = Vec::with_capacity(hist[bin]);
+    for p in parts {
+        cand.extend(p.iter().map(|s| s.abs()).filter(|&a| bin_of(a) == bin));
+    }
+    let (_, nth, _) = cand.select_nth_unstable_by(keep - above - 1, |a, b| b.total_cmp(a));
+    let value = *nth;
+    let greater = above + cand.iter().filter(|&&a| a > value).count();
+    Cut { value, ties: keep - greater }
 }
 
 /// Vectors at least this long are selected by histogram ([`select`]) instead of a copy and
@@ -123,6 +169,28 @@ mod tests {
         let v: Vec<f32> = (0..5000).map(|i| if i % 3 == 0 { 0.25 } else { rng.normal() as f32 }).collect();
         for keep in [1usize, 10, 1666, 1667, 3000, 4999] {
             assert_eq!(select(&[&v[..2000], &v[2000..]], keep), Cut::find_in_parts(&[&v], keep), "keep={keep}");
+        }
+    }
+
+    #[test]
+    fn short_selection_matches_the_full_partition() {
+        let mut rng = Rng::new(8);
+        for n in [2usize, 3, 50, 700, 4096] {
+            let v: Vec<f32> = (0..n)
+                .map(|i| match i % 5 {
+                    0 => 0.0,
+                    1 => -0.25,
+                    2 => 0.25,
+                    _ => rng.normal() as f32 * 10f32.powi((i % 7) as i32 - 3),
+                })
+                .collect();
+            for keep in [1, n / 4, n / 2, n - 1].into_iter().filter(|&k| k > 0 && k < n) {
+                let mut scratch: Vec<f32> = v.iter().map(|s| s.abs()).collect();
+                let want = Cut::from_scratch(&mut scratch, keep);
+                assert_eq!(select_short(&[&v], keep), want, "n={n} keep={keep}");
+                let (a, b) = v.split_at(n / 3);
+                assert_eq!(select_short(&[a, b], keep), want, "n={n} keep={keep} in parts");
+            }
         }
     }
 

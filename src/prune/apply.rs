@@ -9,7 +9,7 @@
 
 use crate::emp::{Cut, Sum};
 
-use super::rows::Rows;
+use super::rows::{Kind, Rows};
 use super::{Planned, WeightCut};
 
 /// Plain f64 partial sums are folded into the compensated sums after this many entries per row.
@@ -164,14 +164,11 @@ fn entry(cut: &Cut, ties: &mut usize, partial: &mut f64, s: f32) -> bool {
 }
 
 fn row_layout(p: &Planned) -> Layout {
-    let (shape, unit) = (&p.weight.shape, &p.weight.unit_axes);
-    let rows = Rows::new(shape, unit);
-    let significant: Vec<usize> = (0..shape.len()).filter(|&a| shape[a] != 1 || unit.contains(&a)).collect();
-    let only = |a: usize| unit.iter().all(|&u| u == a || shape[u] == 1);
-    match (significant.first(), significant.last()) {
-        (Some(&a), _) if only(a) && unit.contains(&a) => Layout::Leading { len: rows.len.max(1) },
-        (_, Some(&a)) if only(a) && unit.contains(&a) => Layout::Trailing,
-        _ => Layout::General(rows.ids()),
+    let rows = Rows::new(&p.weight.shape, &p.weight.unit_axes);
+    match rows.kind() {
+        Kind::Leading => Layout::Leading { len: rows.len.max(1) },
+        Kind::Trailing => Layout::Trailing,
+        Kind::General => Layout::General(rows.ids()),
     }
 }
 

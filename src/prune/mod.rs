@@ -6,6 +6,7 @@
 //! planning holds at most a few tensors' scores at once, whatever the model size.
 
 pub mod apply;
+pub mod by_row;
 pub mod rows;
 pub mod scope;
 pub mod scores;

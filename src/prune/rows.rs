@@ -10,7 +10,29 @@ pub struct Rows {
     unit: Vec<bool>,
 }
 
+/// How rows sit in flat order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Row `r` is the contiguous run `r*len..(r+1)*len` (unit axes lead).
+    Leading,
+    /// The row of flat index `i` is `i % count` (the unit axis is the last significant one).
+    Trailing,
+    /// Any other layout.
+    General,
+}
+
 impl Rows {
+    /// The layout, ignoring axes of size 1.
+    pub fn kind(&self) -> Kind {
+        let significant: Vec<usize> = (0..self.shape.len()).filter(|&a| self.shape[a] != 1 || self.unit[a]).collect();
+        let only = |a: usize| (0..self.shape.len()).all(|u| !self.unit[u] || u == a || self.shape[u] == 1);
+        match (significant.first(), significant.last()) {
+            (Some(&a), _) if only(a) && self.unit[a] => Kind::Leading,
+            (_, Some(&a)) if only(a) && self.unit[a] => Kind::Trailing,
+            _ => Kind::General,
+        }
+    }
+
     pub fn new(shape: &[usize], unit_axes: &[usize]) -> Self {
         let unit: Vec<bool> = (0..shape.len()).map(|a| unit_axes.contains(&a)).collect();
         let count: usize = shape.iter().zip(&unit).filter(|(_, &u)| u).map(|(d, _)| d).product();
@@ -113,6 +135,16 @@ mod tests {
         assert_eq!((r.count, r.len), (4, 2));
         // ConvTranspose [C=2, M=3, k=1]: rows along axis 1.
         assert_eq!(Rows::new(&[2, 3, 1], &[1]).ids(), [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn kinds_ignore_axes_of_size_one() {
+        assert_eq!(Rows::new(&[4, 3, 1, 1], &[0]).kind(), Kind::Leading);
+        assert_eq!(Rows::new(&[1, 4, 3], &[1]).kind(), Kind::Leading);
+        assert_eq!(Rows::new(&[4, 3], &[1]).kind(), Kind::Trailing);
+        assert_eq!(Rows::new(&[4, 3, 1], &[1]).kind(), Kind::Trailing);
+        assert_eq!(Rows::new(&[2, 4, 3], &[0, 2]).kind(), Kind::General);
+        assert_eq!(Rows::new(&[2, 3, 5], &[1]).kind(), Kind::General);
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! by streaming radix selection; `tensor`: each weight; `row`: each output unit of each weight
 //! (the paper's LLM setting).
 
+use std::collections::HashMap;
+
 use anyhow::Result;
 use rayon::prelude::*;
 
-use super::rows::Rows;
+use super::by_row;
 use super::scores::Scores;
 use super::{Group, WeightCut};
+use crate::emp::half::Hist16;
 use crate::emp::radix::{self, Histogram};
 use crate::emp::{Cut, Decision, Mass};
 use crate::weights::Weight;
@@ -38,11 +41,11 @@ impl Scope {
 /// Computes (or reads) a weight's scores on demand.
 pub type Scorer<'a> = dyn Fn(&Weight) -> Result<Scores> + Sync + 'a;
 
-fn group(name: String, d: &Decision, mass: &Mass, beta: f64) -> Group {
+pub(super) fn group(name: String, d: &Decision, mass: &Mass, beta: f64) -> Group {
     Group { name, n: d.n, n_eff: d.n_eff, keep: d.keep, s_eff: 1.0, s_eff_bound: d.bound(beta), mass: mass.l1.value() }
 }
 
-fn cut_for(d: &Decision, scores: &[f32]) -> Cut {
+pub(super) fn cut_for(d: &Decision, scores: &[f32]) -> Cut {
     if d.n_eff.is_none() {
         Cut::ALL
     } else {
@@ -52,18 +55,36 @@ fn cut_for(d: &Decision, scores: &[f32]) -> Cut {
 
 /// One vector over every weight. Ties at the threshold go to the earliest weights first.
 pub fn global(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Group>, Vec<WeightCut>)> {
-    // Pass 1: mass and high-bits histogram.
-    let (mass, high) = weights
+    // Pass 1: mass and high-bits histogram. Raw f16/bf16 weights are counted exactly instead,
+    // and their histograms answer passes 2 and 3 without reading the weights again.
+    let (mass, high, exact) = weights
         .par_iter()
-        .map(|w| {
+        .enumerate()
+        .map(|(i, w)| {
+            let scores = scorer(w)?;
             let (mut m, mut h) = (Mass::default(), Histogram::default());
-            scorer(w)?.for_chunks(|_, s| {
-                h.add_high(s);
-                m.extend(s)
-            })?;
-            Ok::<_, anyhow::Error>((m, h))
+            let exact = match (scores.len() >= radix::MIN_LEN).then(|| scores.exact16()).flatten() {
+                Some(e) => {
+                    let e = e?;
+                    m = e.mass();
+                    e.add_to_high(&mut h);
+                    vec![(i, e)]
+                }
+                None => {
+                    scores.for_chunks(|_, s| {
+                        h.add_high(s);
+                        m.extend(s)
+                    })?;
+                    vec![]
+                }
+            };
+            Ok::<_, anyhow::Error>((m, h, exact))
         })
-        .try_reduce(|| (Mass::default(), Histogram::default()), |a, b| Ok((a.0.merge(b.0), a.1.merge(b.1))))?;
+        .try_reduce(
+            || (Mass::default(), Histogram::default(), vec![]),
+            |a, b| Ok((a.0.merge(b.0), a.1.merge(b.1), [a.2, b.2].concat())),
+        )?;
+    let exact: HashMap<usize, Hist16> = exact.into_iter().collect();
     let d = Decision::new(&mass, beta);
     let g = group("global".into(), &d, &mass, beta);
     if d.n_eff.is_none() || d.keep >= d.n {
@@ -74,12 +95,16 @@ pub fn global(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Gro
     let low_of = |hb: u32| {
         weights
             .par_iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(i, w)| {
                 let mut h = Histogram::default();
-                scorer(w)?.for_chunks(|_, s| {
-                    h.add_low(s, hb);
-                    Ok(())
-                })?;
+                match exact.get(&i) {
+                    Some(e) => e.add_to_low(&mut h, hb),
+                    None => scorer(w)?.for_chunks(|_, s| {
+                        h.add_low(s, hb);
+                        Ok(())
+                    })?,
+                }
                 Ok::<_, anyhow::Error>(h)
             })
             .try_reduce(Histogram::default, |a, b| Ok(a.merge(b)))
@@ -96,7 +121,10 @@ pub fn global(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Gro
     let budgets: Vec<usize> = if cut.ties as u64 >= equal {
         vec![usize::MAX; weights.len()]
     } else {
-        let count = |w: &Weight| {
+        let count = |(i, w): (usize, &Weight)| {
+            if let Some(e) = exact.get(&i) {
+                return Ok(e.tie_count(cut.value) as usize);
+            }
             let mut c = 0;
             scorer(w)?.for_chunks(|_, s| {
                 c += cut.tie_count(s);
@@ -104,7 +132,7 @@ pub fn global(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Gro
             })?;
             Ok(c)
         };
-        let counts: Vec<usize> = weights.par_iter().map(count).collect::<Result<_>>()?;
+        let counts: Vec<usize> = weights.par_iter().enumerate().map(count).collect::<Result<_>>()?;
         let mut left = cut.ties;
         counts
             .iter()
@@ -135,12 +163,20 @@ pub fn per_tensor(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec
 }
 
 /// The mass and cut of one weight's scores. Long vectors take two streaming passes (mass and
-/// high-bits histogram, then low bits of the threshold bin); short ones are selected in memory.
+/// high-bits histogram, then low bits of the threshold bin), or one counting pass when they
+/// are raw f16/bf16 weights; short ones are selected in memory.
 fn tensor_cut(scores: Scores, beta: f64) -> Result<(Mass, Cut)> {
     if scores.len() < radix::MIN_LEN {
-        let s = scores.into_vec()?;
+        let s = scores.to_vec()?;
         let mass = Mass::of(&s)?;
         return Ok((mass, cut_for(&Decision::new(&mass, beta), &s)));
+    }
+    if let Some(h) = scores.exact16() {
+        // f16/bf16: one counting pass gives the mass and the exact cut.
+        let h = h?;
+        let (mass, d) = (h.mass(), Decision::new(&h.mass(), beta));
+        let cut = if d.n_eff.is_none() { Cut::ALL } else { h.cut(d.keep as u64) };
+        return Ok((mass, cut));
     }
     let (mut mass, mut high) = (Mass::default(), Histogram::default());
     scores.for_chunks(|_, s| {
@@ -164,10 +200,10 @@ fn tensor_cut(scores: Scores, beta: f64) -> Result<(Mass, Cut)> {
     failure.map(|_| (mass, cut))
 }
 
-/// One vector per output unit of every weight.
+/// One vector per output unit of every weight (planned block by block, see [`by_row`]).
 pub fn per_row(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Group>, Vec<WeightCut>)> {
     let out: Vec<(Vec<Group>, Vec<Cut>)> =
-        weights.par_iter().map(|w| rows_of_weight(w, &scorer(w)?.into_vec()?, beta)).collect::<Result<_>>()?;
+        weights.par_iter().map(|w| by_row::rows_of_weight(w, &scorer(w)?, beta)).collect::<Result<_>>()?;
     let mut groups = vec![];
     let mut cuts = vec![];
     for (g, c) in out {
@@ -175,19 +211,4 @@ pub fn per_row(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Gr
         groups.extend(g);
     }
     Ok((groups, cuts))
-}
-
-fn rows_of_weight(w: &Weight, s: &[f32], beta: f64) -> Result<(Vec<Group>, Vec<Cut>)> {
-    let rows = Rows::new(&w.shape, &w.unit_axes);
-    let by_row = rows.gather(s);
-    let decided: Vec<(Group, Cut)> = by_row
-        .par_chunks(rows.len.max(1))
-        .enumerate()
-        .map(|(r, row)| {
-            let mass = Mass::of(row)?;
-            let d = Decision::new(&mass, beta);
-            Ok((group(format!("{}[row {r}]", w.name), &d, &mass, beta), cut_for(&d, row)))
-        })
-        .collect::<Result<_>>()?;
-    Ok(decided.into_iter().unzip())
 }

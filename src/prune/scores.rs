@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use bytes::Bytes;
 
 use crate::emp::chunked::CHUNK;
+use crate::emp::half::{Half, Hist16};
 use crate::onnx::dtype::FloatType;
 
 /// The scores of one weight, in flat order.
@@ -61,6 +62,52 @@ impl Scores {
         }
     }
 
+    /// Entries `start..start + out.len()` into `out` (decoded if raw; a non-finite raw value
+    /// is an error naming it). For passes that read a weight out of flat order (rows).
+    pub fn read(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let r = start..start + out.len();
+        match self {
+            Scores::Values(v) => out.copy_from_slice(&v[r]),
+            Scores::Raw { name, dtype, bytes } => {
+                let size = dtype.size();
+                if let Some(j) = dtype.decode_f32_into(&bytes[r.start * size..r.end * size], out) {
+                    let i = r.start + j;
+                    bail!("tensor {name:?} has a non-finite value ({}) at flat index {i}", dtype.read_f64(bytes, i));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hints the CPU to start loading entries `start..start + len` of raw scores (out of range
+    /// or computed scores: nothing).
+    pub fn prefetch(&self, start: usize, len: usize) {
+        let Scores::Raw { dtype, bytes, .. } = self else { return };
+        let size = dtype.size();
+        let Some(range) = bytes.get(start * size..(start + len) * size) else { return };
+        for line in range.chunks(64) {
+            prefetch_line(line.as_ptr());
+        }
+    }
+
+    /// The exact histogram of raw f16/bf16 magnitudes, counted in one pass over the bits
+    /// (nothing decoded); `None` for other scores. A non-finite value is an error naming it.
+    pub fn exact16(&self) -> Option<Result<Hist16>> {
+        let Scores::Raw { dtype, bytes, .. } = self else { return None };
+        let kind = match dtype {
+            FloatType::F16 => Half::F16,
+            FloatType::Bf16 => Half::Bf16,
+            FloatType::F32 | FloatType::F64 => return None,
+        };
+        let h = Hist16::of(kind, bytes);
+        if h.has_non_finite() {
+            // The chunked decoder names the tensor and the first bad index.
+            return Some(self.for_chunks(|_, _| Ok(())).and_then(|_| bail!("non-finite value in a 16-bit tensor")));
+        }
+        self.release();
+        Some(Ok(h))
+    }
+
     /// Hands the mapped pages of raw scores back to the kernel (they were read through).
     pub fn release(&self) {
         if let Scores::Raw { bytes, .. } = self {
@@ -68,10 +115,10 @@ impl Scores {
         }
     }
 
-    /// The scores as one vector (for passes that need them all at once, e.g. per row).
-    pub fn into_vec(self) -> Result<Vec<f32>> {
+    /// The scores as one vector (for passes that need them all at once; magnitudes if raw).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
         match self {
-            Scores::Values(v) => Ok(v),
+            Scores::Values(v) => Ok(v.clone()),
             raw => {
                 let mut v = Vec::with_capacity(raw.len());
                 raw.for_chunks(|_, s| {
@@ -83,6 +130,16 @@ impl Scores {
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+fn prefetch_line(p: *const u8) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch_line(_p: *const u8) {}
 
 #[cfg(test)]
 mod tests {
@@ -101,7 +158,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, vals);
-        assert_eq!(raw.into_vec().unwrap(), vals.iter().map(|v| v.abs()).collect::<Vec<_>>());
+        assert_eq!(raw.to_vec().unwrap(), vals.iter().map(|v| v.abs()).collect::<Vec<_>>());
         let mut bad = bytes;
         bad[4 * (CHUNK + 2)..4 * (CHUNK + 3)].copy_from_slice(&f32::NAN.to_le_bytes());
         let raw = Scores::Raw { name: "w".into(), dtype: FloatType::F32, bytes: Bytes::from(bad) };

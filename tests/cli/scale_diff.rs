@@ -228,3 +228,117 @@ fn output_is_byte_identical_whatever_the_thread_count() {
         }
     }
 }
+
+/// A two-MatMul model whose f16 weights are large enough for the streaming paths: exact
+/// 16-bit histograms (≥ 65,536 entries), parallel blocks under one cut (> 262,144 entries) and
+/// several blocks of rows. Values repeat (ties everywhere) and every 97th is an outlier.
+fn large_f16_model(path: &Path) -> Vec<(String, [usize; 2], Vec<f64>)> {
+    use emprune::onnx::proto::{GraphProto, NodeProto, OperatorSetIdProto, ValueInfoProto};
+    let shapes = [("w1", [640usize, 512usize]), ("w2", [512, 160])];
+    let mut weights = vec![];
+    let mut inits = vec![];
+    for (k, (name, shape)) in shapes.iter().enumerate() {
+        let n = shape[0] * shape[1];
+        let vals: Vec<half::f16> = (0..n)
+            .map(|i| {
+                let u = ((i as u64 * 2_654_435_761 + k as u64 * 97) % 1000) as f32 / 1000.0 - 0.5;
+                half::f16::from_f32(if i % 97 == 0 { 8.0 * u } else { u })
+            })
+            .collect();
+        inits.push(TensorProto {
+            name: name.to_string(),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float16 as i32,
+            raw_data: vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
+            ..Default::default()
+        });
+        weights.push((name.to_string(), *shape, vals.iter().map(|v| v.to_f64()).collect()));
+    }
+    let io = |name: &str, d: i64| ValueInfoProto {
+        name: name.into(),
+        r#type: Some(emprune::onnx::proto::TypeProto {
+            value: Some(emprune::onnx::proto::type_proto::Value::TensorType(
+                emprune::onnx::proto::type_proto::Tensor {
+                    elem_type: DataType::Float16 as i32,
+                    shape: Some(emprune::onnx::proto::TensorShapeProto {
+                        dim: [1, d]
+                            .iter()
+                            .map(|&v| emprune::onnx::proto::tensor_shape_proto::Dimension {
+                                value: Some(emprune::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(v)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = |a: &str, b: &str, y: &str| NodeProto {
+        op_type: "MatMul".into(),
+        name: format!("mm_{y}"),
+        input: vec![a.into(), b.into()],
+        output: vec![y.into()],
+        ..Default::default()
+    };
+    let m = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+        graph: Some(GraphProto {
+            name: "large_f16".into(),
+            node: vec![node("x", "w1", "h"), node("h", "w2", "y")],
+            initializer: inits,
+            input: vec![io("x", 640)],
+            output: vec![io("y", 160)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    write_model(path, &m);
+    weights
+}
+
+/// `⌊N_eff⌋` of `v`, or `None` when `N_eff` is too close to an integer to call.
+fn floor_n_eff<'a>(v: impl Iterator<Item = &'a f64>) -> Option<usize> {
+    let (l1, l2) = v.fold((0.0, 0.0), |(a, b), x| (a + x.abs(), b + x * x));
+    let n_eff = l1 * l1 / l2;
+    ((n_eff - n_eff.round()).abs() > 1e-9 * n_eff).then(|| n_eff.floor() as usize)
+}
+
+#[test]
+fn large_f16_weights_keep_the_rule_s_counts_in_every_scope_and_thread_count() {
+    let dir = tmp();
+    let src = dir.path().join("large_f16.onnx");
+    let weights = large_f16_model(&src);
+    for scope in SCOPES {
+        let (x, y) = (tmp(), tmp());
+        let (one, two) = (x.path().join("out.onnx"), y.path().join("out.onnx"));
+        prune_with_threads(&src, &one, scope, "1");
+        prune_with_threads(&src, &two, scope, "2");
+        assert!(std::fs::read(&one).unwrap() == std::fs::read(&two).unwrap(), "{scope}: outputs differ");
+        let nz = nonzeros(&one);
+        // Independent reference: the rule on the decoded values, in f64.
+        let want: Vec<Option<usize>> = match scope {
+            "tensor" => weights.iter().map(|(_, _, v)| floor_n_eff(v.iter())).collect(),
+            "global" => {
+                let all = floor_n_eff(weights.iter().flat_map(|(_, _, v)| v.iter()));
+                let kept: usize = weights.iter().map(|(n, _, _)| nz[n]).sum();
+                assert_eq!(Some(kept), all, "global: kept entries");
+                continue;
+            }
+            _ => weights
+                .iter()
+                .map(|(_, [k, n], v)| {
+                    // Rows of a MatMul weight [k, n] are its columns.
+                    (0..*n).map(|c| floor_n_eff((0..*k).map(|r| &v[r * n + c]))).sum::<Option<usize>>()
+                })
+                .collect(),
+        };
+        for ((name, _, _), want) in weights.iter().zip(want) {
+            if let Some(want) = want {
+                assert_eq!(nz[name], want, "{scope}: kept entries of {name}");
+            }
+        }
+    }
+}
