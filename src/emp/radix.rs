@@ -93,22 +93,33 @@ const SHORT_BITS: u32 = 11;
 /// `keep`-th largest, and only that bin's entries are copied and partitioned — instead of a
 /// copy and `select_nth_unstable` of the whole vector.
 pub fn select_short(parts: &[&[f32]], keep: usize) -> Cut {
-    let mut hist = [0usize; 1 << SHORT_BITS];
+    debug_assert!(parts.iter().map(|p| p.len()).sum::<usize>() < MIN_LEN);
     let bin_of = |s: f32| (s.abs().to_bits() >> (32 - 1 - SHORT_BITS)) as usize;
+    // Four interleaved tables: scores cluster in a few bins, and one table would make each
+    // increment wait for the previous store to the same counter.
+    let mut lanes = [[0u32; 1 << SHORT_BITS]; 4];
     for p in parts {
-        for &s in *p {
-            hist[bin_of(s)] += 1;
+        let mut quads = p.chunks_exact(4);
+        for q in &mut quads {
+            for (lane, &s) in lanes.iter_mut().zip(q) {
+                lane[bin_of(s)] += 1;
+            }
+        }
+        for &s in quads.remainder() {
+            lanes[0][bin_of(s)] += 1;
         }
     }
-    let (mut bin, mut above) = (0, 0);
-    for b in (0..hist.len()).rev() {
-        if above + hist[b] >= keep {
-            bin = b;
+    let count = |b: usize| lanes.iter().map(|l| l[b] as usize).sum::<usize>();
+    let (mut bin, mut above, mut in_bin) = (0, 0, 0);
+    for b in (0..1 << SHORT_BITS).rev() {
+        let c = count(b);
+        if above + c >= keep {
+            (bin, in_bin) = (b, c);
             break;
         }
-        above += hist[b];
+        above += c;
     }
-    let mut cand: Vec<f32> = Vec::with_capacity(hist[bin]);
+    let mut cand: Vec<f32> = Vec::with_capacity(in_bin);
     for p in parts {
         cand.extend(p.iter().map(|s| s.abs()).filter(|&a| bin_of(a) == bin));
     }

@@ -21,6 +21,9 @@ const BLOCK_ENTRIES: usize = 1 << 18;
 /// Lines read ahead when gathering rows along the last axis.
 const PREFETCH_AHEAD: usize = 8;
 
+/// Lines transposed at once when gathering rows along the last axis (one cache line of f32).
+const TILE: usize = 16;
+
 /// The decision and cut of every row of `w`, in row order.
 pub fn rows_of_weight(w: &Weight, scores: &Scores, beta: f64) -> Result<(Vec<Group>, Vec<Cut>)> {
     let rows = Rows::new(&w.shape, &w.unit_axes);
@@ -62,15 +65,21 @@ fn read_block(rows: &Rows, scores: &Scores, first: usize, n: usize) -> Result<Ve
         scores.read(first * len, &mut buf)?;
         return Ok(buf);
     }
-    // Trailing: entry k of row r sits at flat index k * count + r. Read the n columns of each
-    // k at once, then scatter them into their rows.
-    let mut line = vec![0f32; n];
-    for k in 0..len {
-        // The lines are a whole matrix row apart: too far for the hardware prefetcher.
-        scores.prefetch((k + PREFETCH_AHEAD) * rows.count + first, n);
-        scores.read(k * rows.count + first, &mut line)?;
-        for (j, &v) in line.iter().enumerate() {
-            buf[j * len + k] = v;
+    // Trailing: entry k of row r sits at flat index k * count + r. Read TILE lines of n
+    // columns, then write each row's TILE entries as one run: scattering line by line would
+    // store to n addresses a row apart, which alias in the cache when rows are 4 KiB multiples.
+    let mut tile = vec![0f32; TILE * n];
+    for k0 in (0..len).step_by(TILE) {
+        let t = TILE.min(len - k0);
+        for (i, line) in tile.chunks_mut(n).take(t).enumerate() {
+            // The lines are a whole matrix row apart: too far for the hardware prefetcher.
+            scores.prefetch((k0 + i + PREFETCH_AHEAD) * rows.count + first, n);
+            scores.read((k0 + i) * rows.count + first, line)?;
+        }
+        for (j, row) in buf.chunks_mut(len).enumerate() {
+            for (i, v) in row[k0..k0 + t].iter_mut().enumerate() {
+                *v = tile[i * n + j];
+            }
         }
     }
     Ok(buf)
