@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -13,11 +14,12 @@ use crate::onnx::proto::ModelProto;
 use crate::onnx::save;
 use crate::onnx::tensor::{self, Storage};
 use crate::onnx::walk::{visit_tensors_mut, Index};
-use crate::prune::{self, Config, Plan};
+use crate::prune::{self, Config, Plan, Planned, WeightCut};
 use crate::report::{self, Report, TensorReport, Totals, ValidateReport};
 use crate::rewrite::stream::{Done, Prefetch, DEFAULT_BUDGET};
 use crate::rewrite::zero::{self, Counts};
 use crate::validate::{self, Options};
+use crate::weights::Weight;
 
 /// A report and whether the job succeeded (validation passed, or was not asked for).
 pub struct Outcome {
@@ -56,6 +58,10 @@ pub struct Output {
 }
 
 /// [`prune_file`] with an output format and the validation guard.
+///
+/// Local scopes (`tensor`, `row`) writing dense output without the guard decide each weight
+/// as the writer rewrites it, so planning overlaps writing and each weight's passes run back to
+/// back; everything else is planned up front.
 pub fn prune_file_with(
     path: &Path,
     out: &Path,
@@ -65,50 +71,57 @@ pub fn prune_file_with(
 ) -> Result<Outcome> {
     let model = Model::load(path)?;
     let ix = Index::build(&model.proto);
-    let spinner = crate::progress::spinner("planning");
-    let mut plan = prune::plan(&model, &ix, cfg)?;
-    spinner.finish_and_clear();
-    let guard = match (how.guard, validation) {
-        (true, Some(opts)) => Some(crate::guard::run(&model, &ix, &mut plan, cfg.criterion, opts)?),
-        (true, None) => anyhow::bail!("--guard needs validation (drop --no-validate)"),
-        (false, _) => None,
-    };
-    let mut counts: Vec<Option<Counts>> = vec![None; plan.weights.len()];
-    let mut proto = model.proto.clone();
-    // Dense output streams main-graph initializers (see `streamed`); the rest is rewritten here.
-    let lazy = if how.sparse { vec![false; plan.weights.len()] } else { streamed(&ix, &plan) };
-    rewrite_inline(&model, &ix, &plan, cfg, &mut proto, &mut counts, &lazy)?;
-    let by_id: HashMap<usize, usize> = plan.weights.iter().enumerate().map(|(i, p)| (p.weight.id, i)).collect();
-    let converted = match how.sparse {
-        true => Some(sparsify(&model, &ix, &plan, cfg, &by_id, &mut proto, &mut counts)?),
-        false => None,
-    };
-    let inputs = protected_inputs(&model)?;
-    let zero_one = |i: usize| zero::zero(&model, &ix, &plan.weights[i], cfg.criterion);
-    let compute = |id: usize| zero_one(by_id[&id]);
-    let done = Done::default();
-    let counts = RefCell::new(counts);
-    let weight_bytes = plan.weights.iter().map(|p| (p.weight.numel() * p.weight.dtype.size()) as u64).sum();
-    let bar = crate::progress::bytes(weight_bytes, "pruning");
-    // The writer runs on this thread while the pool rewrites the tensors it will ask for next.
-    let saved = rayon::in_place_scope(|scope| {
-        let prefetch = RefCell::new(Prefetch::new(scope, &done, stream_order(&plan, &lazy), &compute, DEFAULT_BUDGET));
-        let fetch = |id: usize| -> Result<Option<Bytes>> {
-            let Some(&i) = by_id.get(&id) else { return Ok(None) };
-            bar.inc((plan.weights[i].weight.numel() * plan.weights[i].weight.dtype.size()) as u64);
-            let (data, c) = match prefetch.borrow_mut().take(id)? {
-                Some(done) => done,
-                None => zero_one(i)?,
-            };
-            counts.borrow_mut()[i] = Some(c);
-            Ok(Some(data))
+    if how.guard && validation.is_none() {
+        anyhow::bail!("--guard needs validation (drop --no-validate)");
+    }
+    let on_the_fly = cfg.scope.is_local() && !how.sparse && !how.guard;
+    let (mut plan, counts, saved, converted, guard) = if on_the_fly {
+        let sel = prune::select(&model, &ix, cfg)?;
+        let decided: Mutex<Vec<Option<Decided>>> = Mutex::new(vec![None; sel.weights.len()]);
+        let rewrite = |i: usize| -> Result<(Bytes, Counts)> {
+            let (groups, cut) = prune::decide(&model, &ix, cfg, &sel.weights[i])?;
+            let p = Planned { weight: sel.weights[i].clone(), cut };
+            let done = zero::zero(&model, &ix, &p, cfg.criterion)?;
+            if let Ok(mut d) = decided.lock() {
+                d[i] = Some((groups, p.cut));
+            }
+            Ok(done)
         };
-        let mut external = |id: usize| fetch(converted.as_ref().map_or(id, |c| c.remap[id]));
-        let mut inline = |id: usize| if lazy_id(&plan, &lazy, &by_id, id) { fetch(id) } else { Ok(None) };
-        save::save_streaming(proto, &model.external, out, &inputs, &mut external, &mut inline)
-    })?;
-    bar.finish_and_clear();
-    let counts: Vec<Counts> = counts.into_inner().into_iter().map(Option::unwrap_or_default).collect();
+        let (counts, saved) =
+            write(&model, &ix, out, &sel.weights, &rewrite, model.proto.clone(), vec![None; sel.weights.len()], None)?;
+        let decided = decided.into_inner().map_err(|_| anyhow::anyhow!("internal error: a rewrite task panicked"))?;
+        let decided: Vec<Decided> = decided
+            .into_iter()
+            .zip(&sel.weights)
+            .map(|(d, w)| d.map_or_else(|| prune::decide(&model, &ix, cfg, w), Ok))
+            .collect::<Result<_>>()?;
+        let (plan, offsets) = prune::assemble(sel, decided, cfg.criterion);
+        let counts = counts.into_iter().zip(offsets).map(|(c, o)| c.renumbered(o)).collect();
+        (plan, counts, saved, None, None)
+    } else {
+        let spinner = crate::progress::spinner("planning");
+        let mut plan = prune::plan(&model, &ix, cfg)?;
+        spinner.finish_and_clear();
+        let guard = match validation {
+            Some(opts) if how.guard => Some(crate::guard::run(&model, &ix, &mut plan, cfg.criterion, opts)?),
+            _ => None,
+        };
+        let weights: Vec<Weight> = plan.weights.iter().map(|p| p.weight.clone()).collect();
+        let rewrite = |i: usize| zero::zero(&model, &ix, &plan.weights[i], cfg.criterion);
+        let mut counts: Vec<Option<Counts>> = vec![None; plan.weights.len()];
+        let mut proto = model.proto.clone();
+        let by_id = ids(&weights);
+        let converted = match how.sparse {
+            true => {
+                // Every inline weight is zeroed in place first; sparsify reads them from `proto`.
+                rewrite_inline(&weights, &rewrite, &mut proto, &mut counts, &vec![false; weights.len()])?;
+                Some(sparsify(&model, &ix, &plan, cfg, &by_id, &mut proto, &mut counts)?)
+            }
+            false => None,
+        };
+        let (counts, saved) = write(&model, &ix, out, &weights, &rewrite, proto, counts, converted.as_ref())?;
+        (plan, counts, saved, converted, guard)
+    };
     let before = input_bytes(&model);
     let after = saved.model_bytes + saved.data_bytes;
     let mut report = build_report("prune", &model, Some(out), cfg, &mut plan, &counts, before, after);
@@ -136,54 +149,108 @@ pub fn prune_file_with(
     Ok(Outcome { report, passed })
 }
 
+/// One weight's EMP groups (numbered from 0) and cut.
+type Decided = (Vec<prune::Group>, WeightCut);
+
+/// Rewrites weight `i` (dense): its new bytes and counts.
+type Rewrite<'a> = dyn Fn(usize) -> Result<(Bytes, Counts)> + Sync + 'a;
+
+/// Index of each weight by tensor id.
+fn ids(weights: &[Weight]) -> HashMap<usize, usize> {
+    weights.iter().enumerate().map(|(i, w)| (w.id, i)).collect()
+}
+
+/// Writes the output: weights not streamed are rewritten into `proto` first (with `sparse`,
+/// the caller already rewrote and converted them), then the writer streams the rest, asking `rewrite` for each
+/// weight as it reaches it while the pool rewrites the next ones. Returns every weight's counts.
+#[allow(clippy::too_many_arguments)]
+fn write(
+    model: &Model,
+    ix: &Index,
+    out: &Path,
+    weights: &[Weight],
+    rewrite: &Rewrite,
+    mut proto: ModelProto,
+    mut counts: Vec<Option<Counts>>,
+    sparse: Option<&crate::rewrite::sparse::Converted>,
+) -> Result<(Vec<Counts>, save::Saved)> {
+    // Dense output streams main-graph initializers (see `streamed`); the rest is rewritten here.
+    let lazy = if sparse.is_some() { vec![false; weights.len()] } else { streamed(ix, weights) };
+    if sparse.is_none() {
+        rewrite_inline(weights, rewrite, &mut proto, &mut counts, &lazy)?;
+    }
+    let by_id = ids(weights);
+    let inputs = protected_inputs(model)?;
+    let compute = |id: usize| rewrite(by_id[&id]);
+    let done = Done::default();
+    let counts = RefCell::new(counts);
+    let bytes_of = |w: &Weight| (w.numel() * w.dtype.size()) as u64;
+    let bar = crate::progress::bytes(weights.iter().map(bytes_of).sum(), "pruning");
+    // The writer runs on this thread while the pool rewrites the tensors it will ask for next.
+    let saved = rayon::in_place_scope(|scope| {
+        let order = stream_order(weights, &lazy);
+        let prefetch = RefCell::new(Prefetch::new(scope, &done, order, &compute, DEFAULT_BUDGET));
+        let fetch = |id: usize| -> Result<Option<Bytes>> {
+            let Some(&i) = by_id.get(&id) else { return Ok(None) };
+            bar.inc(bytes_of(&weights[i]));
+            let (data, c) = match prefetch.borrow_mut().take(id)? {
+                Some(done) => done,
+                None => rewrite(i)?,
+            };
+            counts.borrow_mut()[i] = Some(c);
+            Ok(Some(data))
+        };
+        let mut external = |id: usize| fetch(sparse.map_or(id, |c| c.remap[id]));
+        let mut inline = |id: usize| if lazy_id(weights, &lazy, &by_id, id) { fetch(id) } else { Ok(None) };
+        save::save_streaming(proto, &model.external, out, &inputs, &mut external, &mut inline)
+    })?;
+    bar.finish_and_clear();
+    Ok((counts.into_inner().into_iter().map(Option::unwrap_or_default).collect(), saved))
+}
+
 /// Which planned weights the writer rewrites on the fly (dense output): main-graph
 /// initializers stored in `raw_data`, whose rewritten bytes keep their size. Constant values,
 /// subgraph tensors and typed fields are rewritten up front by [`rewrite_inline`].
-fn streamed(ix: &Index, plan: &Plan) -> Vec<bool> {
-    plan.weights
+fn streamed(ix: &Index, weights: &[Weight]) -> Vec<bool> {
+    weights
         .iter()
-        .map(|p| {
-            let e = &ix.tensors[p.weight.id];
-            e.graph == 0 && e.site == crate::onnx::walk::Site::Initializer && p.weight.storage == Storage::Raw
+        .map(|w| {
+            let e = &ix.tensors[w.id];
+            e.graph == 0 && e.site == crate::onnx::walk::Site::Initializer && w.storage == Storage::Raw
         })
         .collect()
 }
 
 /// Whether tensor `id` is a weight the writer streams.
-fn lazy_id(plan: &Plan, lazy: &[bool], by_id: &HashMap<usize, usize>, id: usize) -> bool {
-    by_id.get(&id).is_some_and(|&i| lazy[i] && plan.weights[i].weight.storage == Storage::Raw)
+fn lazy_id(weights: &[Weight], lazy: &[bool], by_id: &HashMap<usize, usize>, id: usize) -> bool {
+    by_id.get(&id).is_some_and(|&i| lazy[i] && weights[i].storage == Storage::Raw)
 }
 
 /// The order the writer asks for rewritten tensors: external ones (data file), then streamed
 /// inline ones (model file), each with its size for the prefetch budget.
-fn stream_order(plan: &Plan, lazy: &[bool]) -> Vec<Vec<(usize, u64)>> {
-    let entry = |p: &crate::prune::Planned| (p.weight.id, (p.weight.numel() * p.weight.dtype.size()) as u64);
-    let external = plan.weights.iter().filter(|p| p.weight.storage == Storage::External).map(entry).collect();
-    let inline = plan.weights.iter().zip(lazy).filter(|(_, &l)| l).map(|(p, _)| entry(p)).collect();
+fn stream_order(weights: &[Weight], lazy: &[bool]) -> Vec<Vec<(usize, u64)>> {
+    let entry = |w: &Weight| (w.id, (w.numel() * w.dtype.size()) as u64);
+    let external = weights.iter().filter(|w| w.storage == Storage::External).map(entry).collect();
+    let inline = weights.iter().zip(lazy).filter(|(_, &l)| l).map(|(w, _)| entry(w)).collect();
     vec![external, inline]
 }
 
-/// Zeroes every inline weight not streamed by the writer (in parallel) and writes the result
-/// into `proto`.
+/// Rewrites every inline weight not streamed by the writer (in parallel) into `proto`.
 fn rewrite_inline(
-    model: &Model,
-    ix: &Index,
-    plan: &Plan,
-    cfg: &Config,
+    weights: &[Weight],
+    rewrite: &Rewrite,
     proto: &mut ModelProto,
     counts: &mut [Option<Counts>],
     lazy: &[bool],
 ) -> Result<()> {
-    let done: Vec<(usize, Bytes, Counts)> = plan
-        .weights
-        .par_iter()
-        .enumerate()
-        .filter(|(i, p)| p.weight.storage != Storage::External && !lazy[*i])
-        .map(|(i, p)| zero::zero(model, ix, p, cfg.criterion).map(|(b, c)| (i, b, c)))
+    let done: Vec<(usize, Bytes, Counts)> = (0..weights.len())
+        .into_par_iter()
+        .filter(|&i| weights[i].storage != Storage::External && !lazy[i])
+        .map(|i| rewrite(i).map(|(b, c)| (i, b, c)))
         .collect::<Result<_>>()?;
     let mut data: HashMap<usize, Bytes> = HashMap::new();
     for (i, b, c) in done {
-        data.insert(plan.weights[i].weight.id, b);
+        data.insert(weights[i].id, b);
         counts[i] = Some(c);
     }
     visit_tensors_mut(proto, &mut |id, t| {

@@ -12,6 +12,7 @@ pub mod scope;
 pub mod scores;
 
 use anyhow::{Context, Result};
+use rayon::prelude::*;
 
 use crate::emp::{Cut, Sum};
 use crate::onnx::load::Model;
@@ -89,22 +90,73 @@ impl Plan {
 
 /// Finds the prunable weights and decides every cut.
 pub fn plan(model: &Model, ix: &Index, cfg: &Config) -> Result<Plan> {
+    let sel = select(model, ix, cfg)?;
+    if cfg.scope.is_local() {
+        let decided = sel.weights.par_iter().map(|w| decide(model, ix, cfg, w)).collect::<Result<Vec<_>>>()?;
+        return Ok(assemble(sel, decided, cfg.criterion).0);
+    }
+    let scorer = |w: &Weight| scorer(model, ix, cfg, w);
+    let (groups, cuts) = match cfg.scope {
+        Scope::Global => scope::global(&sel.weights, &scorer, cfg.beta)?,
+        _ => anyhow::bail!("--scope layer applies to structures (--level); use tensor for weights"),
+    };
+    let weights = sel.weights.into_iter().zip(cuts).map(|(weight, cut)| Planned { weight, cut }).collect();
+    Ok(Plan { groups, weights, skipped: sel.skipped, criterion: Some(cfg.criterion) })
+}
+
+/// The prunable weights (with their calibration norms for activation-aware criteria) and the
+/// candidates that were skipped.
+pub fn select(model: &Model, ix: &Index, cfg: &Config) -> Result<weights::Selection> {
     let mut sel = weights::select(ix, &cfg.filter)?;
     if cfg.criterion == Criterion::Wanda {
         let norms = score::calib::collect(model, ix, &sel.weights, &cfg.calib)?;
         score::calib::attach(&mut sel.weights, &norms)?;
     }
-    let scorer = |w: &Weight| -> Result<scores::Scores> {
-        weight_scores(model, ix, w, cfg.criterion).with_context(|| format!("scoring weight {:?}", w.name))
-    };
-    let (groups, cuts) = match cfg.scope {
-        Scope::Global => scope::global(&sel.weights, &scorer, cfg.beta)?,
-        Scope::Tensor => scope::per_tensor(&sel.weights, &scorer, cfg.beta)?,
-        Scope::Row => scope::per_row(&sel.weights, &scorer, cfg.beta)?,
-        Scope::Layer => anyhow::bail!("--scope layer applies to structures (--level); use tensor for weights"),
-    };
-    let weights = sel.weights.into_iter().zip(cuts).map(|(weight, cut)| Planned { weight, cut }).collect();
-    Ok(Plan { groups, weights, skipped: sel.skipped, criterion: Some(cfg.criterion) })
+    Ok(sel)
+}
+
+/// Decides one weight on its own (a local scope: `tensor` or `row`): its groups, numbered
+/// from 0, and its cut. The streaming writer calls this as it rewrites each weight, so
+/// planning overlaps writing; [`plan`] calls it for every weight up front.
+pub fn decide(model: &Model, ix: &Index, cfg: &Config, w: &Weight) -> Result<(Vec<Group>, WeightCut)> {
+    let scores = scorer(model, ix, cfg, w)?;
+    match cfg.scope {
+        Scope::Tensor => scope::tensor(w, scores, cfg.beta),
+        Scope::Row => scope::rows(w, scores, cfg.beta),
+        other => anyhow::bail!("internal error: scope {} is not decided weight by weight", other.name()),
+    }
+}
+
+/// Joins per-weight decisions (from [`decide`], in weight order) into a plan, numbering the
+/// groups in weight order. Also returns each weight's first group index.
+pub fn assemble(
+    sel: weights::Selection,
+    decided: Vec<(Vec<Group>, WeightCut)>,
+    criterion: Criterion,
+) -> (Plan, Vec<usize>) {
+    let mut groups = vec![];
+    let mut offsets = vec![];
+    let mut weights = vec![];
+    for (weight, (g, cut)) in sel.weights.into_iter().zip(decided) {
+        offsets.push(groups.len());
+        weights.push(Planned { weight, cut: cut.renumbered(groups.len()) });
+        groups.extend(g);
+    }
+    (Plan { groups, weights, skipped: sel.skipped, criterion: Some(criterion) }, offsets)
+}
+
+impl WeightCut {
+    /// The same cut with its group indices moved up by `offset`.
+    pub fn renumbered(self, offset: usize) -> WeightCut {
+        match self {
+            WeightCut::All { cut, group } => WeightCut::All { cut, group: group + offset },
+            WeightCut::Rows { cuts, first_group } => WeightCut::Rows { cuts, first_group: first_group + offset },
+        }
+    }
+}
+
+fn scorer(model: &Model, ix: &Index, cfg: &Config, w: &Weight) -> Result<scores::Scores> {
+    weight_scores(model, ix, w, cfg.criterion).with_context(|| format!("scoring weight {:?}", w.name))
 }
 
 /// A weight's scores: magnitude scores read straight from its element bytes (decoded chunk by

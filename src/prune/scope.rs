@@ -28,6 +28,11 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// Whether each weight's cut depends on that weight alone.
+    pub fn is_local(self) -> bool {
+        matches!(self, Scope::Tensor | Scope::Row)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scope::Global => "global",
@@ -148,18 +153,17 @@ pub fn global(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Gro
     Ok((vec![g], cuts))
 }
 
-/// One vector per weight.
-pub fn per_tensor(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Group>, Vec<WeightCut>)> {
-    let out: Vec<(Group, Cut)> = weights
-        .par_iter()
-        .map(|w| {
-            let (mass, cut) = tensor_cut(scorer(w)?, beta)?;
-            let d = Decision::new(&mass, beta);
-            Ok((group(w.name.clone(), &d, &mass, beta), cut))
-        })
-        .collect::<Result<_>>()?;
-    let (groups, cuts): (Vec<Group>, Vec<Cut>) = out.into_iter().unzip();
-    Ok((groups, cuts.into_iter().enumerate().map(|(i, cut)| WeightCut::All { cut, group: i }).collect()))
+/// One vector per weight: the weight's group (index 0) and cut.
+pub fn tensor(w: &Weight, scores: Scores, beta: f64) -> Result<(Vec<Group>, WeightCut)> {
+    let (mass, cut) = tensor_cut(scores, beta)?;
+    let d = Decision::new(&mass, beta);
+    Ok((vec![group(w.name.clone(), &d, &mass, beta)], WeightCut::All { cut, group: 0 }))
+}
+
+/// One vector per output unit: the weight's row groups (from index 0) and cuts.
+pub fn rows(w: &Weight, scores: Scores, beta: f64) -> Result<(Vec<Group>, WeightCut)> {
+    let (groups, cuts) = by_row::rows_of_weight(w, &scores, beta)?;
+    Ok((groups, WeightCut::Rows { cuts, first_group: 0 }))
 }
 
 /// The mass and cut of one weight's scores. Long vectors take two streaming passes (mass and
@@ -198,17 +202,4 @@ fn tensor_cut(scores: Scores, beta: f64) -> Result<(Mass, Cut)> {
     };
     let (cut, _) = radix::cut_from(&high, low_of, d.keep as u64);
     failure.map(|_| (mass, cut))
-}
-
-/// One vector per output unit of every weight (planned block by block, see [`by_row`]).
-pub fn per_row(weights: &[Weight], scorer: &Scorer, beta: f64) -> Result<(Vec<Group>, Vec<WeightCut>)> {
-    let out: Vec<(Vec<Group>, Vec<Cut>)> =
-        weights.par_iter().map(|w| by_row::rows_of_weight(w, &scorer(w)?, beta)).collect::<Result<_>>()?;
-    let mut groups = vec![];
-    let mut cuts = vec![];
-    for (g, c) in out {
-        cuts.push(WeightCut::Rows { cuts: c, first_group: groups.len() });
-        groups.extend(g);
-    }
-    Ok((groups, cuts))
 }

@@ -32,6 +32,14 @@ pub struct Counts {
     pub kept: Vec<(usize, Sum)>,
 }
 
+impl Counts {
+    /// The same counts with group indices moved up by `offset` (see [`WeightCut::renumbered`]).
+    pub fn renumbered(mut self, offset: usize) -> Counts {
+        self.kept.iter_mut().for_each(|(g, _)| *g += offset);
+        self
+    }
+}
+
 /// Rewrites one planned weight with its dropped entries zeroed: the new payload and counts.
 pub fn zero(model: &Model, ix: &Index, p: &Planned, criterion: Criterion) -> Result<(Bytes, Counts)> {
     let t = ix.tensors[p.weight.id].tensor;

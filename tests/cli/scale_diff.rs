@@ -342,3 +342,22 @@ fn large_f16_weights_keep_the_rule_s_counts_in_every_scope_and_thread_count() {
         }
     }
 }
+
+#[test]
+fn deciding_while_writing_reports_what_planning_up_front_reports() {
+    // `prune` with a local scope decides each weight as it is written; `inspect` plans first.
+    let dir = tmp();
+    let big = dir.path().join("large_f16.onnx");
+    large_f16_model(&big);
+    for m in [model("digits_cnn.onnx"), model("digits_mlp_ext.onnx"), big] {
+        for scope in ["tensor", "row"] {
+            let out = dir.path().join(format!("out_{scope}.onnx"));
+            let pruned = prune(&m, &out, scope);
+            let planned = ok_json(&["inspect", p(&m), "--scope", scope, "--json"]);
+            assert_eq!(pruned["groups"], planned["groups"], "{m:?} {scope}: groups");
+            assert_eq!(pruned["tensors"], planned["tensors"], "{m:?} {scope}: tensors");
+            assert_eq!(pruned["totals"]["kept"], planned["totals"]["kept"]);
+            check_counts(&pruned, &out);
+        }
+    }
+}
