@@ -93,7 +93,9 @@ const SHORT_BITS: u32 = 11;
 /// `keep`-th largest, and only that bin's entries are copied and partitioned — instead of a
 /// copy and `select_nth_unstable` of the whole vector.
 pub fn select_short(parts: &[&[f32]], keep: usize) -> Cut {
-    debug_assert!(parts.iter().map(|p| p.len()).sum::<usize>() < MIN_LEN);
+    if parts.iter().map(|p| p.len()).sum::<usize>() >= MIN_LEN {
+        return select(parts, keep); // counts could pass u32 and candidates would be many
+    }
     let bin_of = |s: f32| (s.abs().to_bits() >> (32 - 1 - SHORT_BITS)) as usize;
     // Four interleaved tables: scores cluster in a few bins, and one table would make each
     // increment wait for the previous store to the same counter.
@@ -119,10 +121,18 @@ pub fn select_short(parts: &[&[f32]], keep: usize) -> Cut {
         }
         above += c;
     }
-    let mut cand: Vec<f32> = Vec::with_capacity(in_bin);
+    // Branch-free compaction: every entry is written, the cursor only moves past those in
+    // the bin (a filter's branch mispredicts on every candidate).
+    let mut cand = vec![0f32; in_bin + 1];
+    let mut len = 0;
     for p in parts {
-        cand.extend(p.iter().map(|s| s.abs()).filter(|&a| bin_of(a) == bin));
+        for &s in *p {
+            let a = s.abs();
+            cand[len.min(in_bin)] = a;
+            len += (bin_of(a) == bin) as usize;
+        }
     }
+    cand.truncate(in_bin);
     let (_, nth, _) = cand.select_nth_unstable_by(keep - above - 1, |a, b| b.total_cmp(a));
     let value = *nth;
     let greater = above + cand.iter().filter(|&&a| a > value).count();

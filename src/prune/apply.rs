@@ -7,6 +7,7 @@
 //! only for other layouts. Kept mass is summed in plain f64 per chunk (per row: per band of a
 //! few dozen entries), then merged with compensation; the result does not depend on chunking.
 
+use crate::emp::chunked::CHUNK;
 use crate::emp::{Cut, Sum};
 
 use super::rows::{Kind, Rows};
@@ -14,6 +15,9 @@ use super::{Planned, WeightCut};
 
 /// Plain f64 partial sums are folded into the compensated sums after this many entries per row.
 const FOLD: usize = 64;
+
+/// Entries per block of a run of rows, for finding the blocks that hold a tie.
+const TIE_BLOCK: usize = 16;
 
 /// How flat indices map to rows.
 enum Layout {
@@ -136,21 +140,43 @@ impl<'a> Marker<'a> {
 /// are those rows): a vectorisable compare-and-sum, then a scalar pass only if some entry is
 /// tied at its row's cut value.
 fn mark_run(values: &[f32], cuts: &[Cut], s: &[f32], k: &mut [bool], ties: &mut [usize], partial: &mut [f64]) {
-    let mut equal = 0usize;
-    for (((&x, &v), k), p) in s.iter().zip(values).zip(k.iter_mut()).zip(partial.iter_mut()) {
-        let a = x.abs();
-        *k = a > v;
-        equal += (a == v) as usize;
-        *p += if a > v { a as f64 } else { 0.0 };
-    }
-    if equal == 0 {
+    if s.len() > CHUNK {
+        for at in (0..s.len()).step_by(CHUNK) {
+            let r = at..(at + CHUNK).min(s.len());
+            let (v, c, x) = (&values[r.clone()], &cuts[r.clone()], &s[r.clone()]);
+            mark_run(v, c, x, &mut k[r.clone()], &mut ties[r.clone()], &mut partial[r]);
+        }
         return;
     }
-    for (j, &x) in s.iter().enumerate() {
-        if x.abs() == values[j] && ties[j] < cuts[j].ties {
-            ties[j] += 1;
-            k[j] = true;
-            partial[j] += values[j] as f64;
+    // Blocks of TIE_BLOCK entries, each a vectorisable compare-and-sum; the blocks holding an
+    // entry tied at its row's cut are listed (no branch) and only they get the scalar pass —
+    // with f16 weights nearly every run has a tie somewhere, but few blocks do.
+    let mut tied = [0u16; CHUNK / TIE_BLOCK + 1];
+    let mut listed = 0;
+    let blocks = s
+        .chunks(TIE_BLOCK)
+        .zip(values.chunks(TIE_BLOCK))
+        .zip(k.chunks_mut(TIE_BLOCK))
+        .zip(partial.chunks_mut(TIE_BLOCK));
+    for (b, (((s, values), k), partial)) in blocks.enumerate() {
+        let mut equal = 0usize;
+        for (((&x, &v), k), p) in s.iter().zip(values).zip(k.iter_mut()).zip(partial.iter_mut()) {
+            let a = x.abs();
+            *k = a > v;
+            equal += (a == v) as usize;
+            *p += if a > v { a as f64 } else { 0.0 };
+        }
+        tied[listed.min(tied.len() - 1)] = b as u16;
+        listed += (equal > 0) as usize;
+    }
+    for &b in &tied[..listed] {
+        let range = b as usize * TIE_BLOCK..((b as usize + 1) * TIE_BLOCK).min(s.len());
+        for j in range {
+            if s[j].abs() == values[j] && ties[j] < cuts[j].ties {
+                ties[j] += 1;
+                k[j] = true;
+                partial[j] += values[j] as f64;
+            }
         }
     }
 }
@@ -218,10 +244,18 @@ mod tests {
             (vec![300, 37], vec![1]),
             (vec![5, 300, 1], vec![1]),
             (vec![3, 40, 50], vec![0, 2]),
+            (vec![40, 5000], vec![1]),
         ] {
             let rows = Rows::new(&shape, &unit);
             let n = rows.count * rows.len;
-            let s: Vec<f32> = (0..n).map(|_| [0.0f32, 1.0, -1.0, 2.0][(rng.uniform() * 4.0) as usize % 4]).collect();
+            // Ties everywhere, or (wide runs) rare ties, so that most blocks of a run hold none.
+            let rare = rows.count > 1000;
+            let s: Vec<f32> = (0..n)
+                .map(|_| match rare {
+                    true if rng.uniform() < 0.9 => rng.normal() as f32,
+                    _ => [0.0f32, 1.0, -1.0, 2.0][(rng.uniform() * 4.0) as usize % 4],
+                })
+                .collect();
             let by_row = rows.gather(&s);
             let cuts: Vec<Cut> =
                 by_row.chunks(rows.len).enumerate().map(|(r, row)| Cut::find(row, 1 + r % rows.len)).collect();
