@@ -189,7 +189,9 @@ fn write(
     // The writer runs on this thread while the pool rewrites the tensors it will ask for next.
     let saved = rayon::in_place_scope(|scope| {
         let order = stream_order(weights, &lazy);
-        let prefetch = RefCell::new(Prefetch::new(scope, &done, order, &compute, DEFAULT_BUDGET));
+        let mut prefetch = Prefetch::new(scope, &done, order, &compute, DEFAULT_BUDGET);
+        prefetch.start_ahead();
+        let prefetch = RefCell::new(prefetch);
         let fetch = |id: usize| -> Result<Option<Bytes>> {
             let Some(&i) = by_id.get(&id) else { return Ok(None) };
             bar.inc(bytes_of(&weights[i]));

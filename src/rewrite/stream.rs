@@ -84,6 +84,20 @@ impl<'s, 'r, T: Send + 's, F: Fn(usize) -> Result<T> + Sync + 's> Prefetch<'s, '
         Self { streams, at, started, taken, ahead: 0, scope, done, compute, window, budget }
     }
 
+    /// Starts the head of the first non-empty stream (up to the window and budget), so the
+    /// pool works while the writer is still busy with what comes before the first rewritten
+    /// tensor (the graph, or large tensors that are copied unchanged).
+    pub fn start_ahead(&mut self) {
+        let Some(first) = self.streams.iter().position(|s| !s.is_empty()) else { return };
+        for k in 0..self.streams[first].len() {
+            let (id, size) = self.streams[first][k];
+            if k > 0 && (self.started.len() >= self.window || self.ahead + size > self.budget) {
+                break;
+            }
+            self.start(id, size);
+        }
+    }
+
     /// The result for `id` (`None` if it is in no stream or was already handed out). Starts it
     /// if needed, keeps the following ones of its stream computing up to the window and budget,
     /// and waits for it.
@@ -150,6 +164,16 @@ mod tests {
             assert!(p.started.is_empty() && p.ahead == 0);
         });
         assert_eq!(calls.load(Ordering::Relaxed), 4, "each tensor computed once");
+        let done2 = Done::default();
+        rayon::in_place_scope(|scope| {
+            let done = &done2;
+            let streams = vec![vec![], vec![(4, 1), (6, 1)]];
+            let mut p = Prefetch::new(scope, done, streams, &compute, DEFAULT_BUDGET);
+            p.start_ahead();
+            assert_eq!(p.started.len(), 2, "the head of the first non-empty stream starts at once");
+            assert_eq!((p.take(4).unwrap(), p.take(6).unwrap()), (Some(40), Some(60)));
+        });
+        assert_eq!(calls.load(Ordering::Relaxed), 6, "each tensor computed once");
         assert!(done.results.lock().unwrap().is_empty());
     }
 
