@@ -75,52 +75,9 @@ pub fn prune_file_with(
         anyhow::bail!("--guard needs validation (drop --no-validate)");
     }
     let on_the_fly = cfg.scope.is_local() && !how.sparse && !how.guard;
-    let (mut plan, counts, saved, converted, guard) = if on_the_fly {
-        let sel = prune::select(&model, &ix, cfg)?;
-        let decided: Mutex<Vec<Option<Decided>>> = Mutex::new(vec![None; sel.weights.len()]);
-        let rewrite = |i: usize| -> Result<(Bytes, Counts)> {
-            let (groups, cut) = prune::decide(&model, &ix, cfg, &sel.weights[i])?;
-            let p = Planned { weight: sel.weights[i].clone(), cut };
-            let done = zero::zero(&model, &ix, &p, cfg.criterion)?;
-            if let Ok(mut d) = decided.lock() {
-                d[i] = Some((groups, p.cut));
-            }
-            Ok(done)
-        };
-        let (counts, saved) =
-            write(&model, &ix, out, &sel.weights, &rewrite, model.proto.clone(), vec![None; sel.weights.len()], None)?;
-        let decided = decided.into_inner().map_err(|_| anyhow::anyhow!("internal error: a rewrite task panicked"))?;
-        let decided: Vec<Decided> = decided
-            .into_iter()
-            .zip(&sel.weights)
-            .map(|(d, w)| d.map_or_else(|| prune::decide(&model, &ix, cfg, w), Ok))
-            .collect::<Result<_>>()?;
-        let (plan, offsets) = prune::assemble(sel, decided, cfg.criterion);
-        let counts = counts.into_iter().zip(offsets).map(|(c, o)| c.renumbered(o)).collect();
-        (plan, counts, saved, None, None)
-    } else {
-        let spinner = crate::progress::spinner("planning");
-        let mut plan = prune::plan(&model, &ix, cfg)?;
-        spinner.finish_and_clear();
-        let guard = match validation {
-            Some(opts) if how.guard => Some(crate::guard::run(&model, &ix, &mut plan, cfg.criterion, opts)?),
-            _ => None,
-        };
-        let weights: Vec<Weight> = plan.weights.iter().map(|p| p.weight.clone()).collect();
-        let rewrite = |i: usize| zero::zero(&model, &ix, &plan.weights[i], cfg.criterion);
-        let mut counts: Vec<Option<Counts>> = vec![None; plan.weights.len()];
-        let mut proto = model.proto.clone();
-        let by_id = ids(&weights);
-        let converted = match how.sparse {
-            true => {
-                // Every inline weight is zeroed in place first; sparsify reads them from `proto`.
-                rewrite_inline(&weights, &rewrite, &mut proto, &mut counts, &vec![false; weights.len()])?;
-                Some(sparsify(&model, &ix, &plan, cfg, &by_id, &mut proto, &mut counts)?)
-            }
-            false => None,
-        };
-        let (counts, saved) = write(&model, &ix, out, &weights, &rewrite, proto, counts, converted.as_ref())?;
-        (plan, counts, saved, converted, guard)
+    let Written { mut plan, counts, saved, converted, guard } = match on_the_fly {
+        true => write_deciding(&model, &ix, out, cfg)?,
+        false => write_planned(&model, &ix, out, cfg, validation, how)?,
     };
     let before = input_bytes(&model);
     let after = saved.model_bytes + saved.data_bytes;
@@ -147,6 +104,76 @@ pub fn prune_file_with(
         report.validation = Some(v);
     }
     Ok(Outcome { report, passed })
+}
+
+/// What writing the output produced: the plan as applied, each weight's counts, the files.
+struct Written {
+    plan: Plan,
+    counts: Vec<Counts>,
+    saved: save::Saved,
+    converted: Option<crate::rewrite::sparse::Converted>,
+    guard: Option<crate::guard::GuardReport>,
+}
+
+/// Local scope, dense output: each weight is decided inside its rewrite task, then the
+/// decisions are assembled into the plan (groups numbered in weight order).
+fn write_deciding(model: &Model, ix: &Index, out: &Path, cfg: &Config) -> Result<Written> {
+    let sel = prune::select(model, ix, cfg)?;
+    let decided: Mutex<Vec<Option<Decided>>> = Mutex::new(vec![None; sel.weights.len()]);
+    let rewrite = |i: usize| -> Result<(Bytes, Counts)> {
+        let (groups, cut) = prune::decide(model, ix, cfg, &sel.weights[i])?;
+        let p = Planned { weight: sel.weights[i].clone(), cut };
+        let done = zero::zero(model, ix, &p, cfg.criterion)?;
+        if let Ok(mut d) = decided.lock() {
+            d[i] = Some((groups, p.cut));
+        }
+        Ok(done)
+    };
+    let empty = vec![None; sel.weights.len()];
+    let (counts, saved) = write(model, ix, out, &sel.weights, &rewrite, model.proto.clone(), empty, None)?;
+    let decided = decided.into_inner().map_err(|_| anyhow::anyhow!("internal error: a rewrite task panicked"))?;
+    // Every weight was rewritten, so every one was decided; deciding a missing one keeps this total.
+    let decided: Vec<Decided> = decided
+        .into_iter()
+        .zip(&sel.weights)
+        .map(|(d, w)| d.map_or_else(|| prune::decide(model, ix, cfg, w), Ok))
+        .collect::<Result<_>>()?;
+    let (plan, offsets) = prune::assemble(sel, decided, cfg.criterion);
+    let counts = counts.into_iter().zip(offsets).map(|(c, o)| c.renumbered(o)).collect();
+    Ok(Written { plan, counts, saved, converted: None, guard: None })
+}
+
+/// Every other case: plan every cut first (global scope, the guard and sparse output need the
+/// whole plan), run the guard, convert to sparse if asked, then write.
+fn write_planned(
+    model: &Model,
+    ix: &Index,
+    out: &Path,
+    cfg: &Config,
+    validation: Option<&Options>,
+    how: &Output,
+) -> Result<Written> {
+    let spinner = crate::progress::spinner("planning");
+    let mut plan = prune::plan(model, ix, cfg)?;
+    spinner.finish_and_clear();
+    let guard = match validation {
+        Some(opts) if how.guard => Some(crate::guard::run(model, ix, &mut plan, cfg.criterion, opts)?),
+        _ => None,
+    };
+    let weights: Vec<Weight> = plan.weights.iter().map(|p| p.weight.clone()).collect();
+    let rewrite = |i: usize| zero::zero(model, ix, &plan.weights[i], cfg.criterion);
+    let mut counts: Vec<Option<Counts>> = vec![None; plan.weights.len()];
+    let mut proto = model.proto.clone();
+    let converted = match how.sparse {
+        true => {
+            // Every inline weight is zeroed in place first; sparsify reads them from `proto`.
+            rewrite_inline(&weights, &rewrite, &mut proto, &mut counts, &vec![false; weights.len()])?;
+            Some(sparsify(model, ix, &plan, cfg, &ids(&weights), &mut proto, &mut counts)?)
+        }
+        false => None,
+    };
+    let (counts, saved) = write(model, ix, out, &weights, &rewrite, proto, counts, converted.as_ref())?;
+    Ok(Written { plan, counts, saved, converted, guard })
 }
 
 /// One weight's EMP groups (numbered from 0) and cut.
