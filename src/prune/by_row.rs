@@ -65,21 +65,23 @@ fn read_block(rows: &Rows, scores: &Scores, first: usize, n: usize) -> Result<Ve
         scores.read(first * len, &mut buf)?;
         return Ok(buf);
     }
-    // Trailing: entry k of row r sits at flat index k * count + r. Read TILE lines of n
-    // columns, then write each row's TILE entries as one run: scattering line by line would
+    // Trailing: entry k of row r sits at flat index k * count + r. Each line of n columns is
+    // spread into a small row-major tile (TILE entries per row, inside L1), and every TILE
+    // lines each row's run is copied out whole: scattering lines straight into `buf` would
     // store to n addresses a row apart, which alias in the cache when rows are 4 KiB multiples.
-    let mut tile = vec![0f32; TILE * n];
+    let (mut line, mut tile) = (vec![0f32; n], vec![0f32; n * TILE]);
     for k0 in (0..len).step_by(TILE) {
         let t = TILE.min(len - k0);
-        for (i, line) in tile.chunks_mut(n).take(t).enumerate() {
+        for i in 0..t {
             // The lines are a whole matrix row apart: too far for the hardware prefetcher.
             scores.prefetch((k0 + i + PREFETCH_AHEAD) * rows.count + first, n);
-            scores.read((k0 + i) * rows.count + first, line)?;
-        }
-        for (j, row) in buf.chunks_mut(len).enumerate() {
-            for (i, v) in row[k0..k0 + t].iter_mut().enumerate() {
-                *v = tile[i * n + j];
+            scores.read((k0 + i) * rows.count + first, &mut line)?;
+            for (j, &v) in line.iter().enumerate() {
+                tile[j * TILE + i] = v;
             }
+        }
+        for (row, run) in buf.chunks_mut(len).zip(tile.chunks(TILE)) {
+            row[k0..k0 + t].copy_from_slice(&run[..t]);
         }
     }
     Ok(buf)
