@@ -159,7 +159,7 @@ fn zero_all(model: &Model, ix: &Index, plan: &Plan, criterion: Criterion) -> Res
     let mut bytes = vec![];
     let mut counts = vec![];
     for p in &plan.weights {
-        let (b, c) = zero::zero(model, ix, p, criterion)?;
+        let (b, c) = zero::zero_to_bytes(model, ix, p, criterion)?;
         bytes.push(b);
         counts.push(c);
     }

@@ -1,22 +1,20 @@
 //! The three jobs end to end — inspect, prune, validate — as library calls the CLI wraps.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use rayon::prelude::*;
 
 use crate::onnx::load::Model;
+use crate::onnx::output::{Discard, Sink, ToVec};
 use crate::onnx::proto::ModelProto;
 use crate::onnx::save;
 use crate::onnx::tensor::{self, Storage};
 use crate::onnx::walk::{visit_tensors_mut, Index};
 use crate::prune::{self, Config, Plan, Planned, WeightCut};
 use crate::report::{self, Report, TensorReport, Totals, ValidateReport};
-use crate::rewrite::stream::{Done, Prefetch, DEFAULT_BUDGET};
 use crate::rewrite::zero::{self, Counts};
 use crate::validate::{self, Options};
 use crate::weights::Weight;
@@ -32,18 +30,14 @@ pub fn inspect(path: &Path, cfg: &Config) -> Result<Report> {
     let model = Model::load(path)?;
     let ix = Index::build(&model.proto);
     let mut plan = prune::plan(&model, &ix, cfg)?;
-    let counts: Vec<Counts> = plan
-        .weights
-        .par_iter()
-        .map(|p| zero::zero(&model, &ix, p, cfg.criterion).map(|(_, c)| c))
-        .collect::<Result<_>>()?;
+    let counts: Vec<Counts> =
+        plan.weights.par_iter().map(|p| zero::zero(&model, &ix, p, cfg.criterion, &Discard)).collect::<Result<_>>()?;
     let before = input_bytes(&model);
     Ok(build_report("inspect", &model, None, cfg, &mut plan, &counts, before, before))
 }
 
 /// Prunes `path` into `out` (dense format), then validates unless `validation` is `None`.
-/// Inline weights are rewritten in parallel; external ones stream from the input's data file
-/// to the output's, one tensor at a time.
+/// Weights are rewritten in parallel, each straight into its place in the output files.
 pub fn prune_file(path: &Path, out: &Path, cfg: &Config, validation: Option<&Options>) -> Result<Outcome> {
     prune_file_with(path, out, cfg, validation, &Output::default())
 }
@@ -60,7 +54,7 @@ pub struct Output {
 /// [`prune_file`] with an output format and the validation guard.
 ///
 /// Local scopes (`tensor`, `row`) writing dense output without the guard decide each weight
-/// as the writer rewrites it, so planning overlaps writing and each weight's passes run back to
+/// as the save rewrites it, so planning overlaps writing and each weight's passes run back to
 /// back; everything else is planned up front.
 pub fn prune_file_with(
     path: &Path,
@@ -120,10 +114,10 @@ struct Written {
 fn write_deciding(model: &Model, ix: &Index, out: &Path, cfg: &Config) -> Result<Written> {
     let sel = prune::select(model, ix, cfg)?;
     let decided: Mutex<Vec<Option<Decided>>> = Mutex::new(vec![None; sel.weights.len()]);
-    let rewrite = |i: usize| -> Result<(Bytes, Counts)> {
+    let rewrite = |i: usize, sink: &dyn Sink| -> Result<Counts> {
         let (groups, cut) = prune::decide(model, ix, cfg, &sel.weights[i])?;
         let p = Planned { weight: sel.weights[i].clone(), cut };
-        let done = zero::zero(model, ix, &p, cfg.criterion)?;
+        let done = zero::zero(model, ix, &p, cfg.criterion, sink)?;
         if let Ok(mut d) = decided.lock() {
             d[i] = Some((groups, p.cut));
         }
@@ -161,7 +155,7 @@ fn write_planned(
         _ => None,
     };
     let weights: Vec<Weight> = plan.weights.iter().map(|p| p.weight.clone()).collect();
-    let rewrite = |i: usize| zero::zero(model, ix, &plan.weights[i], cfg.criterion);
+    let rewrite = |i: usize, sink: &dyn Sink| zero::zero(model, ix, &plan.weights[i], cfg.criterion, sink);
     let mut counts: Vec<Option<Counts>> = vec![None; plan.weights.len()];
     let mut proto = model.proto.clone();
     let converted = match how.sparse {
@@ -179,17 +173,18 @@ fn write_planned(
 /// One weight's EMP groups (numbered from 0) and cut.
 type Decided = (Vec<prune::Group>, WeightCut);
 
-/// Rewrites weight `i` (dense): its new bytes and counts.
-type Rewrite<'a> = dyn Fn(usize) -> Result<(Bytes, Counts)> + Sync + 'a;
+/// Rewrites weight `i` (dense) into a sink: its counts.
+type Rewrite<'a> = dyn Fn(usize, &dyn Sink) -> Result<Counts> + Sync + 'a;
 
 /// Index of each weight by tensor id.
 fn ids(weights: &[Weight]) -> HashMap<usize, usize> {
     weights.iter().enumerate().map(|(i, w)| (w.id, i)).collect()
 }
 
-/// Writes the output: weights not streamed are rewritten into `proto` first (with `sparse`,
-/// the caller already rewrote and converted them), then the writer streams the rest, asking `rewrite` for each
-/// weight as it reaches it while the pool rewrites the next ones. Returns every weight's counts.
+/// Writes the output: weights not rewritten in place (see [`streamed`]) are rewritten into
+/// `proto` first (with `sparse`, the caller already rewrote and converted them); the others
+/// are rewritten by the pool straight into the output files as the save reaches them.
+/// Returns every weight's counts.
 #[allow(clippy::too_many_arguments)]
 fn write(
     model: &Model,
@@ -201,43 +196,53 @@ fn write(
     mut counts: Vec<Option<Counts>>,
     sparse: Option<&crate::rewrite::sparse::Converted>,
 ) -> Result<(Vec<Counts>, save::Saved)> {
-    // Dense output streams main-graph initializers (see `streamed`); the rest is rewritten here.
     let lazy = if sparse.is_some() { vec![false; weights.len()] } else { streamed(ix, weights) };
     if sparse.is_none() {
         rewrite_inline(weights, rewrite, &mut proto, &mut counts, &lazy)?;
     }
     let by_id = ids(weights);
+    let weight_of =
+        |id: usize| sparse.map_or(Some(id), |c| c.remap.get(id).copied()).and_then(|w| by_id.get(&w).copied());
+    let targets = in_place(&mut proto, &lazy, &weight_of)?;
     let inputs = protected_inputs(model)?;
-    let compute = |id: usize| rewrite(by_id[&id]);
-    let done = Done::default();
-    let counts = RefCell::new(counts);
+    let counts = Mutex::new(counts);
     let bytes_of = |w: &Weight| (w.numel() * w.dtype.size()) as u64;
     let bar = crate::progress::bytes(weights.iter().map(bytes_of).sum(), "pruning");
-    // The writer runs on this thread while the pool rewrites the tensors it will ask for next.
-    let saved = rayon::in_place_scope(|scope| {
-        let order = stream_order(weights, &lazy);
-        let mut prefetch = Prefetch::new(scope, &done, order, &compute, DEFAULT_BUDGET);
-        prefetch.start_ahead();
-        let prefetch = RefCell::new(prefetch);
-        let fetch = |id: usize| -> Result<Option<Bytes>> {
-            let Some(&i) = by_id.get(&id) else { return Ok(None) };
-            bar.inc(bytes_of(&weights[i]));
-            let (data, c) = match prefetch.borrow_mut().take(id)? {
-                Some(done) => done,
-                None => rewrite(i)?,
-            };
-            counts.borrow_mut()[i] = Some(c);
-            Ok(Some(data))
-        };
-        let mut external = |id: usize| fetch(sparse.map_or(id, |c| c.remap[id]));
-        let mut inline = |id: usize| if lazy_id(weights, &lazy, &by_id, id) { fetch(id) } else { Ok(None) };
-        save::save_streaming(proto, &model.external, out, &inputs, &mut external, &mut inline)
-    })?;
+    let fill = |id: usize, sink: &dyn Sink| -> Result<()> {
+        let i = weight_of(id).ok_or_else(|| anyhow::anyhow!("internal error: tensor {id} is not a weight"))?;
+        let c = rewrite(i, sink)?;
+        bar.inc(bytes_of(&weights[i]));
+        if let Ok(mut counts) = counts.lock() {
+            counts[i] = Some(c);
+        }
+        Ok(())
+    };
+    let saved = save::save_with(proto, &model.external, out, &inputs, &targets, &fill)?;
     bar.finish_and_clear();
-    Ok((counts.into_inner().into_iter().map(Option::unwrap_or_default).collect(), saved))
+    let counts = counts.into_inner().map_err(|_| anyhow::anyhow!("internal error: a rewrite task panicked"))?;
+    Ok((counts.into_iter().map(Option::unwrap_or_default).collect(), saved))
 }
 
-/// Which planned weights the writer rewrites on the fly (dense output): main-graph
+/// The tensors the save asks `rewrite` for, in place: weights still stored externally, and
+/// the streamed ones (`lazy`, by weight index).
+fn in_place(
+    proto: &mut ModelProto,
+    lazy: &[bool],
+    weight_of: &dyn Fn(usize) -> Option<usize>,
+) -> Result<HashSet<usize>> {
+    let mut set = HashSet::new();
+    visit_tensors_mut(proto, &mut |id, t| {
+        if let Some(i) = weight_of(id) {
+            if tensor::storage(t) == Storage::External || lazy[i] {
+                set.insert(id);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(set)
+}
+
+/// Which planned weights are rewritten in place in the output (dense): main-graph
 /// initializers stored in `raw_data`, whose rewritten bytes keep their size. Constant values,
 /// subgraph tensors and typed fields are rewritten up front by [`rewrite_inline`].
 fn streamed(ix: &Index, weights: &[Weight]) -> Vec<bool> {
@@ -250,21 +255,7 @@ fn streamed(ix: &Index, weights: &[Weight]) -> Vec<bool> {
         .collect()
 }
 
-/// Whether tensor `id` is a weight the writer streams.
-fn lazy_id(weights: &[Weight], lazy: &[bool], by_id: &HashMap<usize, usize>, id: usize) -> bool {
-    by_id.get(&id).is_some_and(|&i| lazy[i] && weights[i].storage == Storage::Raw)
-}
-
-/// The order the writer asks for rewritten tensors: external ones (data file), then streamed
-/// inline ones (model file), each with its size for the prefetch budget.
-fn stream_order(weights: &[Weight], lazy: &[bool]) -> Vec<Vec<(usize, u64)>> {
-    let entry = |w: &Weight| (w.id, (w.numel() * w.dtype.size()) as u64);
-    let external = weights.iter().filter(|w| w.storage == Storage::External).map(entry).collect();
-    let inline = weights.iter().zip(lazy).filter(|(_, &l)| l).map(|(w, _)| entry(w)).collect();
-    vec![external, inline]
-}
-
-/// Rewrites every inline weight not streamed by the writer (in parallel) into `proto`.
+/// Rewrites every inline weight not rewritten in place (in parallel) into `proto`.
 fn rewrite_inline(
     weights: &[Weight],
     rewrite: &Rewrite,
@@ -272,14 +263,17 @@ fn rewrite_inline(
     counts: &mut [Option<Counts>],
     lazy: &[bool],
 ) -> Result<()> {
-    let done: Vec<(usize, Bytes, Counts)> = (0..weights.len())
+    let done: Vec<(usize, Vec<u8>, Counts)> = (0..weights.len())
         .into_par_iter()
         .filter(|&i| weights[i].storage != Storage::External && !lazy[i])
-        .map(|i| rewrite(i).map(|(b, c)| (i, b, c)))
+        .map(|i| {
+            let sink = ToVec::new(weights[i].numel() * weights[i].dtype.size());
+            rewrite(i, &sink).map(|c| (i, sink.into_inner(), c))
+        })
         .collect::<Result<_>>()?;
-    let mut data: HashMap<usize, Bytes> = HashMap::new();
+    let mut data: HashMap<usize, bytes::Bytes> = HashMap::new();
     for (i, b, c) in done {
-        data.insert(weights[i].id, b);
+        data.insert(weights[i].id, b.into());
         counts[i] = Some(c);
     }
     visit_tensors_mut(proto, &mut |id, t| {
@@ -307,7 +301,7 @@ fn sparsify(
         if plan.weights[i].weight.storage != Storage::External {
             return Ok(Some(tensor::element_bytes(t, &model.external)?));
         }
-        let (data, c) = zero::zero(model, ix, &plan.weights[i], cfg.criterion)?;
+        let (data, c) = zero::zero_to_bytes(model, ix, &plan.weights[i], cfg.criterion)?;
         counts[i] = Some(c);
         Ok(Some(data))
     })

@@ -3,32 +3,34 @@
 //! aligned to 4096), and large tensors moved out automatically when the model file would
 //! reach protobuf's 2 GiB limit.
 //!
-//! Nothing is encoded into one big buffer: the data file is written tensor by tensor, and the
-//! model file is streamed field by field — the main graph's initializers one at a time, each
-//! optionally replaced on the fly by a same-sized payload ([`save_streaming`]) — and the input
-//! pages of every tensor written are handed back to the kernel. Writeback to disk starts as
-//! the files are written ([`Writeback`]), not at the final fsync. Peak memory is the graph plus
-//! the tensors a caller keeps in flight, not the model size.
+//! Both files are laid out first ([`layout`]), then written at known offsets: the model
+//! file's small runs by this thread, the payloads by the pool — each unchanged one copied from
+//! the input, each rewritten one by the caller's [`Fill`], which writes its pieces where they
+//! belong as it computes them ([`super::output`]). Payloads are taken in file order, one per
+//! pool thread, and their input pages are handed back to the kernel once written, so peak
+//! memory is what the tensors in flight need, not the model size. Nothing is encoded into one
+//! big buffer.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use bytes::Bytes;
+use anyhow::{anyhow, bail, Context, Result};
 use prost::Message;
 
 use super::external::{release_pages, ExternalStore};
-use super::proto::{ModelProto, TensorProto};
+use super::layout::{self, FileLayout, Payload, ALIGN};
+use super::output::{OutFile, Sink, Slot};
+use super::proto::ModelProto;
 use super::tensor::{self, Storage};
 use super::walk::visit_tensors_mut;
-use super::writeback::Writeback;
 
 /// Protobuf messages must stay below 2 GiB; we leave head-room for the graph itself.
 pub const MODEL_FILE_LIMIT: u64 = (1 << 31) - 1;
 const EXTERNALIZE_TARGET: u64 = 1_800_000_000;
-const ALIGN: u64 = 4096;
 
 /// What was written.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -54,153 +56,120 @@ pub fn data_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-/// Supplies, when the data file is written, the new payload of a tensor that is still marked
-/// external (`None`: copy the input's bytes). This lets edits of external tensors stream from
-/// the input map to the output file one tensor at a time.
-pub type Payload<'a> = dyn FnMut(usize) -> Result<Option<Bytes>> + 'a;
+/// Writes the new bytes of tensor `id` (same length as the input's) into the sink, in pieces
+/// as they are computed. Called from the pool, for several tensors at once.
+pub type Fill<'a> = dyn Fn(usize, &dyn Sink) -> Result<()> + Sync + 'a;
 
-/// Writes `proto` to `out`. `store` resolves tensors that are still external; `payload` may
-/// replace their bytes. `inputs` are files that must not be overwritten (the input model and
-/// its data files).
-pub fn save(
-    proto: ModelProto,
-    store: &ExternalStore,
-    out: &Path,
-    inputs: &[PathBuf],
-    payload: &mut Payload,
-) -> Result<Saved> {
-    save_streaming(proto, store, out, inputs, payload, &mut |_| Ok(None))
+/// Bytes per write when a payload is copied unchanged.
+const COPY_PIECE: usize = 4 << 20;
+
+/// Writes `proto` to `out`. `store` resolves tensors that are still external. `inputs` are
+/// files that must not be overwritten (the input model and its data files).
+pub fn save(proto: ModelProto, store: &ExternalStore, out: &Path, inputs: &[PathBuf]) -> Result<Saved> {
+    save_with(proto, store, out, inputs, &HashSet::new(), &|id, _| bail!("internal error: tensor {id} has no rewrite"))
 }
 
-/// [`save`], where `inline(id)` may also replace, as the model file is written, the
-/// `raw_data` of main-graph initializers that stay inline. A replacement must have the same
-/// length as the bytes it replaces (dense rewrites do), so sizes are known before writing.
-pub fn save_streaming(
+/// [`save`], where the payloads of the tensors in `rewrite` (ids in walk order; main-graph
+/// initializers in `raw_data` or external tensors) are written by `fill` instead of copied.
+pub fn save_with(
     mut proto: ModelProto,
     store: &ExternalStore,
     out: &Path,
     inputs: &[PathBuf],
-    payload: &mut Payload,
-    inline: &mut Payload,
+    rewrite: &HashSet<usize>,
+    fill: &Fill,
 ) -> Result<Saved> {
     let data = data_path(out);
     refuse_inputs(out, &data, inputs)?;
     let mut to_external = HashSet::new();
     collect_external(&mut proto, &mut to_external)?;
     let for_size = plan_size_limit(&mut proto, &mut to_external, EXTERNALIZE_TARGET)?;
+    let location = data
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("output name {} is not valid UTF-8", data.display()))?
+        .to_string();
+    let layout = layout::plan(proto, store, &to_external, rewrite, &location)?;
+    if layout.model.len > MODEL_FILE_LIMIT {
+        bail!("the model graph alone is {} bytes, over protobuf's 2 GiB limit", layout.model.len);
+    }
     let mut guard = TempFiles::default();
-    let mut saved = Saved { externalized_for_size: for_size, ..Default::default() };
-    if !to_external.is_empty() {
-        let tmp = guard.temp_for(&data);
-        saved.data_bytes = write_data_file(&mut proto, store, &to_external, &tmp, &data, payload)?;
-        saved.data_file = Some(data.clone());
+    let data_out = match &layout.data {
+        Some(d) => Some((OutFile::create(&guard.temp_for(&data), d.len)?, d)),
+        None => None,
+    };
+    let model_out = OutFile::create(&guard.temp_for(out), layout.model.len)?;
+    let files: Vec<(&OutFile, &FileLayout)> =
+        data_out.iter().map(|(f, l)| (f, *l)).chain([(&model_out, &layout.model)]).collect();
+    for (f, l) in &files {
+        for (at, run) in &l.fixed {
+            f.write_at(*at, run)?;
+        }
     }
-    let len = proto.encoded_len() as u64;
-    if len > MODEL_FILE_LIMIT {
-        bail!("the model graph alone is {len} bytes, over protobuf's 2 GiB limit");
+    let jobs: Vec<(&OutFile, &Payload)> = files.iter().flat_map(|(f, l)| l.payloads.iter().map(|p| (*f, p))).collect();
+    write_payloads(&jobs, fill)?;
+    let saved = Saved {
+        model_bytes: layout.model.len,
+        data_file: layout.data.as_ref().map(|_| data.clone()),
+        data_bytes: layout.data.as_ref().map_or(0, |d| d.len),
+        externalized_for_size: for_size,
+    };
+    if let Some((f, _)) = data_out {
+        f.finish()?;
     }
-    let tmp = guard.temp_for(out);
-    saved.model_bytes = write_model(proto, &tmp, inline)?;
-    ensure!(saved.model_bytes == len, "internal error: wrote {} bytes of a {len}-byte model", saved.model_bytes);
+    model_out.finish()?;
     guard.commit()?;
     Ok(saved)
 }
 
-/// Streams `proto` to `path`: the model without its graph, then the graph without its
-/// initializers, then each initializer (protobuf accepts fields in any order and merges
-/// repeated ones in order, so this decodes to the same message). Returns the bytes written.
-fn write_model(mut proto: ModelProto, path: &Path, inline: &mut Payload) -> Result<u64> {
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = Counting { inner: BufWriter::with_capacity(1 << 20, Writeback::new(file)), written: 0 };
-    let graph = proto.graph.take();
-    w.write_all(&proto.encode_to_vec())?;
-    if let Some(mut g) = graph {
-        let inits = std::mem::take(&mut g.initializer);
-        let sizes: Vec<usize> = inits.iter().map(|t| t.encoded_len()).collect();
-        let graph_len = g.encoded_len() + sizes.iter().map(|&n| 1 + varint_len(n as u64) + n).sum::<usize>();
-        put_len_field(&mut w, 7, graph_len)?;
-        w.write_all(&g.encode_to_vec())?;
-        drop(g);
-        for ((id, t), size) in inits.into_iter().enumerate().zip(sizes) {
-            put_len_field(&mut w, 5, size)?;
-            write_initializer(&mut w, id, t, inline)?;
+/// Writes every payload, in file order, one per pool thread at a time (rewrites may use the
+/// pool within a tensor too). After an error no further payload starts; of the errors, the
+/// one of the earliest payload is returned, so the message does not depend on timing (every
+/// earlier payload had started, and ran to its end).
+fn write_payloads(jobs: &[(&OutFile, &Payload)], fill: &Fill) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let errors: Mutex<Vec<(usize, anyhow::Error)>> = Mutex::new(vec![]);
+    let workers = rayon::current_num_threads().clamp(1, jobs.len().max(1));
+    rayon::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|_| loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(file, p)) = jobs.get(k) else { break };
+                let r = catch_unwind(AssertUnwindSafe(|| write_payload(file, p, fill)))
+                    .unwrap_or_else(|_| Err(anyhow!("internal error: writing tensor {:?} panicked", p.name)));
+                if let Err(e) = r {
+                    stop.store(true, Ordering::Relaxed);
+                    if let Ok(mut errs) = errors.lock() {
+                        errs.push((k, e));
+                    }
+                }
+            });
+        }
+    });
+    let errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
+    match errors.into_iter().min_by_key(|(k, _)| *k) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// One payload: rewritten by `fill` or copied from the input, then its input pages released
+/// and its writeback started.
+fn write_payload(file: &OutFile, p: &Payload, fill: &Fill) -> Result<()> {
+    let slot = Slot::new(file, p.offset, p.source.len() as u64);
+    if p.rewrite {
+        fill(p.id, &slot)?;
+    } else {
+        for (k, piece) in p.source.chunks(COPY_PIECE).enumerate() {
+            slot.put(k * COPY_PIECE, piece)?;
         }
     }
-    let written = w.written;
-    let file = w.inner.into_inner().map_err(|e| anyhow!("writing {}: {}", path.display(), e.error()))?;
-    file.into_inner().sync_all()?;
-    Ok(written)
-}
-
-/// Writes one initializer's body, its `raw_data` last (replaced when `inline` says so).
-fn write_initializer(w: &mut impl Write, id: usize, mut t: TensorProto, inline: &mut Payload) -> Result<()> {
-    if t.raw_data.is_empty() || tensor::storage(&t) == Storage::External {
-        w.write_all(&t.encode_to_vec())?;
-        return Ok(());
-    }
-    let raw = std::mem::take(&mut t.raw_data);
-    w.write_all(&t.encode_to_vec())?;
-    let data = match inline(id).with_context(|| format!("tensor {:?}", t.name))? {
-        Some(new) => {
-            ensure!(
-                new.len() == raw.len(),
-                "tensor {:?}: a streamed replacement must keep its size ({} bytes, got {})",
-                t.name,
-                raw.len(),
-                new.len()
-            );
-            new
-        }
-        None => raw.clone(),
-    };
-    put_len_field(w, 9, data.len())?;
-    w.write_all(&data)?;
-    release_pages(&raw);
-    Ok(())
-}
-
-/// Key of a length-delimited field, then the length.
-fn put_len_field(w: &mut impl Write, tag: u32, len: usize) -> Result<()> {
-    put_varint(w, ((tag as u64) << 3) | 2)?;
-    put_varint(w, len as u64)
-}
-
-fn put_varint(w: &mut impl Write, mut v: u64) -> Result<()> {
-    let mut buf = [0u8; 10];
-    let mut n = 0;
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        buf[n] = if v == 0 { byte } else { byte | 0x80 };
-        n += 1;
-        if v == 0 {
-            break;
-        }
-    }
-    w.write_all(&buf[..n])?;
-    Ok(())
-}
-
-fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
-}
-
-/// A writer that counts the bytes going through it.
-struct Counting<W: Write> {
-    inner: W,
-    written: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
+    release_pages(&p.source);
+    slot.close(&p.name)
 }
 
 fn refuse_inputs(out: &Path, data: &Path, inputs: &[PathBuf]) -> Result<()> {
@@ -262,47 +231,6 @@ fn plan_size_limit(proto: &mut ModelProto, set: &mut HashSet<usize>, target: u64
     Ok(moved)
 }
 
-/// Writes the payload of every tensor in `set` to `tmp`, at 4096-aligned offsets, and points
-/// the tensors at `final_path`'s file name. Returns the data file size.
-fn write_data_file(
-    proto: &mut ModelProto,
-    store: &ExternalStore,
-    set: &HashSet<usize>,
-    tmp: &Path,
-    final_path: &Path,
-    payload: &mut Payload,
-) -> Result<u64> {
-    let location = final_path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| anyhow!("output name {} is not valid UTF-8", final_path.display()))?
-        .to_string();
-    let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, Writeback::new(file));
-    let mut offset = 0u64;
-    visit_tensors_mut(proto, &mut |id, t| {
-        if !set.contains(&id) {
-            return Ok(());
-        }
-        let source = tensor::element_bytes(t, store).with_context(|| format!("tensor {:?}", t.name))?;
-        let bytes = match payload(id)? {
-            Some(b) => b,
-            None => source.clone(),
-        };
-        let pad = (ALIGN - offset % ALIGN) % ALIGN;
-        w.write_all(&vec![0u8; pad as usize])?;
-        offset += pad;
-        w.write_all(&bytes)?;
-        tensor::set_external(t, &location, offset, bytes.len() as u64);
-        offset += bytes.len() as u64;
-        release_pages(&source);
-        Ok(())
-    })?;
-    let file = w.into_inner().map_err(|e| anyhow!("writing {}: {}", tmp.display(), e.error()))?;
-    file.into_inner().sync_all()?;
-    Ok(offset)
-}
-
 /// Temp files renamed onto their targets on commit, deleted if dropped uncommitted, so a
 /// failed run leaves no partial output.
 #[derive(Default)]
@@ -340,7 +268,8 @@ impl Drop for TempFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::proto::{GraphProto, NodeProto};
+    use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
+    use bytes::Bytes;
 
     fn raw(name: &str, bytes: usize) -> TensorProto {
         TensorProto {
@@ -369,49 +298,41 @@ mod tests {
     }
 
     #[test]
-    fn streamed_model_decodes_to_the_same_message() {
-        let t = |name: &str, n: usize| TensorProto {
-            name: name.into(),
-            dims: vec![n as i64],
-            data_type: 1,
-            raw_data: Bytes::from(vec![7u8; 4 * n]),
+    fn saved_files_hold_the_rewrites_the_copies_and_no_temp_files() {
+        let g = GraphProto {
+            name: "g".into(),
+            node: vec![NodeProto { op_type: "Relu".into(), ..Default::default() }],
+            initializer: vec![raw("a", 64), raw("b", 4 * COPY_PIECE + 12), raw("c", 40)],
             ..Default::default()
         };
-        let typed = TensorProto {
-            name: "typed".into(),
-            dims: vec![2],
-            data_type: 1,
-            float_data: vec![1.0, 2.0],
-            ..Default::default()
-        };
-        let proto = ModelProto {
-            ir_version: 8,
-            producer_name: "p".into(),
-            graph: Some(GraphProto {
-                name: "g".into(),
-                node: vec![NodeProto { op_type: "Relu".into(), ..Default::default() }],
-                initializer: vec![t("a", 3), typed, t("b", 40)],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let proto = ModelProto { ir_version: 8, graph: Some(g), ..Default::default() };
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.onnx");
-        let n =
-            write_model(proto.clone(), &path, &mut |id| Ok((id == 2).then(|| Bytes::from(vec![0u8; 160])))).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(n as usize, bytes.len());
-        assert_eq!(bytes.len(), proto.encoded_len());
+        let out = dir.path().join("m.onnx");
+        let store = ExternalStore::new(dir.path());
+        let fill = |id: usize, sink: &dyn Sink| {
+            assert_eq!(id, 2);
+            sink.put(20, &[9u8; 20])?;
+            sink.put(0, &[8u8; 20])
+        };
+        let saved = save_with(proto.clone(), &store, &out, &[], &HashSet::from([2]), &fill).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(saved.model_bytes as usize, bytes.len());
         let back = ModelProto::decode(bytes.as_slice()).unwrap();
-        let mut expect = proto;
-        expect.graph.as_mut().unwrap().initializer[2].raw_data = Bytes::from(vec![0u8; 160]);
-        assert_eq!(back, expect);
-        let bad = write_model(expect, &path, &mut |_| Ok(Some(Bytes::from_static(b"xy"))));
-        assert!(bad.unwrap_err().to_string().contains("keep its size"));
-        for v in [0u64, 1, 127, 128, 16383, 16384, u64::MAX] {
-            let mut b = vec![];
-            put_varint(&mut b, v).unwrap();
-            assert_eq!(b.len(), varint_len(v), "{v}");
-        }
+        let mut want = proto.clone();
+        want.graph.as_mut().unwrap().initializer[2].raw_data = Bytes::from([vec![8u8; 20], vec![9u8; 20]].concat());
+        assert_eq!(back, want);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("m.onnx")]);
+
+        // A fill that fails (or leaves a gap) leaves no output behind.
+        let out2 = dir.path().join("n.onnx");
+        let short = |_: usize, sink: &dyn Sink| sink.put(0, &[1u8; 8]);
+        let err = save_with(proto.clone(), &store, &out2, &[], &HashSet::from([2]), &short).unwrap_err();
+        assert!(err.to_string().contains("received 8 of its 40 bytes"), "{err}");
+        let bad = |_: usize, _: &dyn Sink| -> Result<()> { bail!("bad tensor") };
+        let err = save_with(proto, &store, &out2, &[], &HashSet::from([0, 2]), &bad).unwrap_err();
+        assert_eq!(err.to_string(), "bad tensor");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("m.onnx")], "no partial output");
     }
 }

@@ -1,8 +1,6 @@
 //! Graph rewrites that turn a plan into a model. Each rewrite checks its result: `zero`
 //! verifies that kept entries are bit-identical and dropped ones are zero.
 
-pub mod buffers;
 pub mod remove;
 pub mod sparse;
-pub mod stream;
 pub mod zero;

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use crate::emp::chunked::CHUNK;
 use crate::emp::{Cut, Sum};
 use crate::onnx::load::Model;
+use crate::onnx::output::{Sink, ToVec};
 use crate::onnx::tensor;
 use crate::onnx::walk::Index;
 use crate::prune::apply::Marker;
@@ -40,53 +41,57 @@ impl Counts {
     }
 }
 
-/// Rewrites one planned weight with its dropped entries zeroed: the new payload and counts.
-pub fn zero(model: &Model, ix: &Index, p: &Planned, criterion: Criterion) -> Result<(Bytes, Counts)> {
+/// Rewrites one planned weight with its dropped entries zeroed, into `sink`: its counts.
+pub fn zero(model: &Model, ix: &Index, p: &Planned, criterion: Criterion, sink: &dyn Sink) -> Result<Counts> {
     let t = ix.tensors[p.weight.id].tensor;
     let src = tensor::element_bytes(t, &model.external)?;
     let scores = weight_scores(model, ix, &p.weight, criterion)?;
-    zero_bytes(&src, p, &scores).with_context(|| format!("zeroing weight {:?}", p.weight.name))
+    zero_into(&src, p, &scores, sink).with_context(|| format!("zeroing weight {:?}", p.weight.name))
 }
 
-fn zero_bytes(src: &[u8], p: &Planned, scores: &Scores) -> Result<(Bytes, Counts)> {
+/// [`zero`] into memory: the new payload and the counts.
+pub fn zero_to_bytes(model: &Model, ix: &Index, p: &Planned, criterion: Criterion) -> Result<(Bytes, Counts)> {
+    let sink = ToVec::new(p.weight.numel() * p.weight.dtype.size());
+    let counts = zero(model, ix, p, criterion, &sink)?;
+    Ok((Bytes::from(sink.into_inner()), counts))
+}
+
+fn zero_into(src: &[u8], p: &Planned, scores: &Scores, sink: &dyn Sink) -> Result<Counts> {
     let ft = p.weight.dtype;
     let size = ft.size();
     if src.len() != scores.len() * size {
         bail!("{} scores for {} bytes of {}", scores.len(), src.len(), ft.name());
     }
-    let mut out = super::buffers::take(src.len());
     if let WeightCut::All { cut, group } = &p.cut {
         if scores.len() > BLOCK {
-            let (tally, kept) = zero_whole(src, &mut out, size, cut, scores, BLOCK)?;
-            return finish(src, out, tally, vec![(*group, kept)]);
+            let (tally, kept) = zero_whole(src, size, cut, scores, BLOCK, sink)?;
+            return finish(src, tally, vec![(*group, kept)]);
         }
     }
     let mut marker = Marker::new(p);
     let mut keep = [false; CHUNK];
     let mut tally = Tally::default();
+    let mut pieces = Pieces::new(sink, size);
     scores.for_chunks(|start, s| {
         let keep = &mut keep[..s.len()];
         marker.mark(start, s, keep);
-        let bytes = start * size..(start + s.len()) * size;
-        match size {
-            2 => copy_kept::<2>(&src[bytes.clone()], &mut out[bytes], keep, &mut tally),
-            4 => copy_kept::<4>(&src[bytes.clone()], &mut out[bytes], keep, &mut tally),
-            _ => copy_kept::<8>(&src[bytes.clone()], &mut out[bytes], keep, &mut tally),
-        }
+        let out = pieces.next(start, s.len())?;
+        copy_kept_sized(size, &src[start * size..][..out.len()], out, keep, &mut tally);
         Ok(())
     })?;
-    finish(src, out, tally, marker.finish())
+    pieces.flush()?;
+    finish(src, tally, marker.finish())
 }
 
-/// Checks and packages a rewritten weight: every element written is the source element or
-/// zero, so the output must hold exactly the kept non-zeros.
-fn finish(src: &[u8], out: Vec<u8>, tally: Tally, kept: Vec<(usize, Sum)>) -> Result<(Bytes, Counts)> {
+/// Checks a rewritten weight: every element written is the source element or zero, so the
+/// output must hold exactly the kept non-zeros.
+fn finish(src: &[u8], tally: Tally, kept: Vec<(usize, Sum)>) -> Result<Counts> {
     if tally.written != tally.after {
         bail!("internal error: {} non-zero entries written, {} planned", tally.written, tally.after);
     }
     // The source was only read: its mapped pages need not stay resident.
     crate::onnx::external::release_pages(src);
-    Ok((super::buffers::share(out), Counts { nonzero_before: tally.before, nonzero_after: tally.after, kept }))
+    Ok(Counts { nonzero_before: tally.before, nonzero_after: tally.after, kept })
 }
 
 /// Rewrites a whole-tensor cut in parallel blocks of `block` entries (a multiple of [`CHUNK`]).
@@ -95,20 +100,22 @@ fn finish(src: &[u8], out: Vec<u8>, tally: Tally, kept: Vec<(usize, Sum)>) -> Re
 /// sequential path for any thread count.
 fn zero_whole(
     src: &[u8],
-    out: &mut [u8],
     size: usize,
     cut: &Cut,
     scores: &Scores,
     block: usize,
+    sink: &dyn Sink,
 ) -> Result<(Tally, Sum)> {
     debug_assert_eq!(block % CHUNK, 0);
     let blocks = scores.len().div_ceil(block);
     let starts = tie_starts(cut, scores, blocks, block)?;
-    let done: Vec<Result<(Tally, Vec<f64>)>> = out
-        .par_chunks_mut(block * size)
-        .zip(starts)
+    let done: Vec<Result<(Tally, Vec<f64>)>> = starts
+        .into_par_iter()
         .enumerate()
-        .map(|(b, (out, used))| zero_block(&src[b * block * size..], out, size, cut, scores, b * block / CHUNK, used))
+        .map(|(b, used)| {
+            let chunks = b * block / CHUNK..((b + 1) * block).min(scores.len()).div_ceil(CHUNK);
+            zero_block(src, size, cut, scores, chunks, used, sink)
+        })
         .collect();
     scores.release();
     let (mut tally, mut kept) = (Tally::default(), Sum::default());
@@ -144,31 +151,85 @@ fn tie_starts(cut: &Cut, scores: &Scores, blocks: usize, block: usize) -> Result
     Ok(starts)
 }
 
-/// One block: chunk by chunk from chunk index `first`, marked with the tie count `used` it
-/// starts with and copied into `out`; the tally and the kept mass of every chunk.
+/// One block: the given chunks, marked with the tie count `used` it starts with and written
+/// to `sink`; the tally and the kept mass of every chunk.
 fn zero_block(
     src: &[u8],
-    out: &mut [u8],
     size: usize,
     cut: &Cut,
     scores: &Scores,
-    first: usize,
+    chunks: std::ops::Range<usize>,
     mut used: usize,
+    sink: &dyn Sink,
 ) -> Result<(Tally, Vec<f64>)> {
     let (mut buf, mut keep, mut tally) = ([0f32; CHUNK], [false; CHUNK], Tally::default());
-    let mut masses = Vec::with_capacity(out.len() / size / CHUNK + 1);
-    for (j, o) in out.chunks_mut(CHUNK * size).enumerate() {
-        let s = scores.chunk(first + j, &mut buf)?;
+    let mut masses = Vec::with_capacity(chunks.len());
+    let mut pieces = Pieces::new(sink, size);
+    for c in chunks {
+        let s = scores.chunk(c, &mut buf)?;
         let keep = &mut keep[..s.len()];
         masses.push(cut.mark(s, &mut used, keep));
-        let src = &src[j * CHUNK * size..][..o.len()];
-        match size {
-            2 => copy_kept::<2>(src, o, keep, &mut tally),
-            4 => copy_kept::<4>(src, o, keep, &mut tally),
-            _ => copy_kept::<8>(src, o, keep, &mut tally),
-        }
+        let out = pieces.next(c * CHUNK, s.len())?;
+        copy_kept_sized(size, &src[c * CHUNK * size..][..out.len()], out, keep, &mut tally);
     }
+    pieces.flush()?;
     Ok((tally, masses))
+}
+
+/// Bytes gathered before they go to the sink: small enough to still be in the core's cache
+/// when the kernel copies them into the page cache (see [`crate::onnx::output`]).
+const PIECE_BYTES: usize = 256 << 10;
+
+thread_local! {
+    /// Each thread's piece buffer, reused across tensors.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Consecutive rewritten entries, collected into pieces of at most [`PIECE_BYTES`] that are
+/// put into the sink as they fill.
+struct Pieces<'s> {
+    sink: &'s dyn Sink,
+    size: usize,
+    buf: Vec<u8>,
+    /// Flat index of the first entry in `buf`, and how many it holds.
+    first: usize,
+    len: usize,
+}
+
+impl<'s> Pieces<'s> {
+    fn new(sink: &'s dyn Sink, size: usize) -> Self {
+        let mut buf = SPARE.take();
+        buf.resize(PIECE_BYTES.max(CHUNK * size), 0);
+        Pieces { sink, size, buf, first: 0, len: 0 }
+    }
+
+    /// Room for the `n` entries from flat index `start`, which follow the ones before.
+    fn next(&mut self, start: usize, n: usize) -> Result<&mut [u8]> {
+        if (self.len + n) * self.size > self.buf.len() {
+            self.flush()?;
+        }
+        if self.len == 0 {
+            self.first = start;
+        }
+        debug_assert_eq!(self.first + self.len, start, "pieces must be consecutive");
+        let room = &mut self.buf[self.len * self.size..(self.len + n) * self.size];
+        self.len += n;
+        Ok(room)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.len > 0 {
+            self.sink.put(self.first * self.size, &self.buf[..self.len * self.size])?;
+            self.len = 0;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pieces<'_> {
+    fn drop(&mut self) {
+        SPARE.set(std::mem::take(&mut self.buf));
+    }
 }
 
 /// Non-zero counts: in the source, among kept source entries, and in the output.
@@ -184,6 +245,16 @@ impl Tally {
         self.before += t.before;
         self.after += t.after;
         self.written += t.written;
+    }
+}
+
+/// [`copy_kept`] for elements of `size` bytes (2, 4 or 8).
+#[inline]
+fn copy_kept_sized(size: usize, src: &[u8], out: &mut [u8], keep: &[bool], t: &mut Tally) {
+    match size {
+        2 => copy_kept::<2>(src, out, keep, t),
+        4 => copy_kept::<4>(src, out, keep, t),
+        _ => copy_kept::<8>(src, out, keep, t),
     }
 }
 
@@ -242,7 +313,8 @@ mod tests {
     #[test]
     fn parallel_blocks_equal_the_sequential_path_with_heavy_ties() {
         let mut rng = crate::rng::Rng::new(5);
-        let n = 5 * CHUNK + 17;
+        // Long enough for the sequential path to put several pieces.
+        let n = 2 * PIECE_BYTES / 4 + 17;
         let w: Vec<f32> =
             (0..n).map(|_| [0.0f32, 0.5, -0.5, 1.0, -1.0, 2.0][(rng.uniform() * 6.0) as usize % 6]).collect();
         let src: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -256,11 +328,13 @@ mod tests {
                     Scores::Raw { name: "w".into(), dtype: p.weight.dtype, bytes: Bytes::from(src.clone()) },
                 ] {
                     assert!(n < BLOCK, "the reference must take the sequential path");
-                    let (want, counts) = zero_bytes(&src, &p, &scores).unwrap();
+                    let sink = ToVec::new(src.len());
+                    let counts = zero_into(&src, &p, &scores, &sink).unwrap();
+                    let want = sink.into_inner();
                     for block in [CHUNK, 2 * CHUNK, 8 * CHUNK] {
-                        let mut out = vec![0u8; src.len()];
-                        let (t, kept) = zero_whole(&src, &mut out, 4, &cut, &scores, block).unwrap();
-                        assert_eq!(out, want[..], "keep={keep} block={block}");
+                        let sink = ToVec::new(src.len());
+                        let (t, kept) = zero_whole(&src, 4, &cut, &scores, block, &sink).unwrap();
+                        assert_eq!(sink.into_inner(), want, "keep={keep} block={block}");
                         assert_eq!((t.before, t.after), (counts.nonzero_before, counts.nonzero_after));
                         assert_eq!(t.after, t.written);
                         assert_eq!(kept.value().to_bits(), counts.kept[0].1.value().to_bits());

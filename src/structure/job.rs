@@ -42,7 +42,7 @@ pub fn prune(path: &Path, out: &Path, cfg: &StructConfig, validation: Option<&Op
     let (proto, mut report) = build(&model, cfg, planned, "prune", Some(out))?;
     report.guard = guard;
     let inputs = crate::pipeline::protected_inputs(&model)?;
-    let saved = save::save(proto, &model.external, out, &inputs, &mut |_| Ok(None))?;
+    let saved = save::save(proto, &model.external, out, &inputs)?;
     report.totals.bytes_after = saved.model_bytes + saved.data_bytes;
     let pruned = Model::load(out).context("reloading the written model").inspect_err(|_| save::discard(out))?;
     fill_after(&mut report, &pruned).inspect_err(|_| save::discard(out))?;
