@@ -85,21 +85,28 @@ pub fn cut_from(high: &Histogram, low_of: impl FnOnce(u32) -> Histogram, keep: u
     (Cut { value, ties: (keep - greater) as usize }, low.count(lb))
 }
 
-/// Bins of the short-vector histogram: the exponent and three mantissa bits of `|s|`.
+/// Bins of the short-vector histogram.
 const SHORT_BITS: u32 = 11;
+/// Bits of `|s|` dropped by the short-vector histogram: the bins keep the exponent and six
+/// mantissa bits, so a bin spans 1/64 of an octave and holds few entries.
+const SHORT_SHIFT: u32 = 17;
 
 /// The exact cut keeping `keep` (`0 < keep < n`) of the concatenation of `parts`, for vectors
-/// that fit in cache (a row): an 11-bit histogram of `|s|` finds the bin holding the
-/// `keep`-th largest, and only that bin's entries are copied and partitioned — instead of a
-/// copy and `select_nth_unstable` of the whole vector.
+/// that fit in cache (a row): a histogram of `|s|` over the 2,048 bins below the largest
+/// entry (each 1/64 of an octave; everything further down shares the lowest bin) finds the
+/// bin holding the `keep`-th largest, and only that bin's entries are copied and partitioned
+/// — instead of a copy and `select_nth_unstable` of the whole vector.
 pub fn select_short(parts: &[&[f32]], keep: usize) -> Cut {
     if parts.iter().map(|p| p.len()).sum::<usize>() >= MIN_LEN {
-        return select(parts, keep); // counts could pass u32 and candidates would be many
+        return select(parts, keep); // counts could pass u16 and candidates would be many
     }
-    let bin_of = |s: f32| (s.abs().to_bits() >> (32 - 1 - SHORT_BITS)) as usize;
+    let top = parts.iter().flat_map(|p| p.iter()).fold(0u32, |m, s| m.max(s.abs().to_bits()));
+    let base = (top >> SHORT_SHIFT).saturating_sub((1 << SHORT_BITS) - 1);
+    let bin_of = |s: f32| ((s.abs().to_bits() >> SHORT_SHIFT).max(base) - base) as usize;
     // Four interleaved tables: scores cluster in a few bins, and one table would make each
-    // increment wait for the previous store to the same counter.
-    let mut lanes = [[0u32; 1 << SHORT_BITS]; 4];
+    // increment wait for the previous store to the same counter. Counts stay below MIN_LEN,
+    // so 16 bits hold them (half the table to clear for every row).
+    let mut lanes = [[0u16; 1 << SHORT_BITS]; 4];
     for p in parts {
         let mut quads = p.chunks_exact(4);
         for q in &mut quads {
@@ -121,16 +128,31 @@ pub fn select_short(parts: &[&[f32]], keep: usize) -> Cut {
         }
         above += c;
     }
-    // Branch-free compaction: every entry is written, the cursor only moves past those in
-    // the bin (a filter's branch mispredicts on every candidate).
+    // Compaction of the bin's entries: those whose bits lie in `lo..lo + width` (the lowest
+    // bin reaches down to zero). Blocks of SKIP entries are tested at once (a vectorised
+    // range test) and skipped when none is in the bin — nearly all are; inside a block that
+    // has one, branch-free: every entry is written, the cursor only moves past those in the
+    // bin (a filter's branch mispredicts on every candidate).
+    const SKIP: usize = 8;
+    let lo = if bin == 0 { 0 } else { ((bin as u32) + base) << SHORT_SHIFT };
+    let width = (((bin as u32) + base + 1) << SHORT_SHIFT) - lo;
+    let in_range = |s: f32| s.abs().to_bits().wrapping_sub(lo) < width;
     let mut cand = vec![0f32; in_bin + 1];
     let mut len = 0;
-    for p in parts {
-        for &s in *p {
-            let a = s.abs();
-            cand[len.min(in_bin)] = a;
-            len += (bin_of(a) == bin) as usize;
+    let mut take = |block: &[f32]| {
+        for &s in block {
+            cand[len.min(in_bin)] = s.abs();
+            len += in_range(s) as usize;
         }
+    };
+    for p in parts {
+        let mut blocks = p.chunks_exact(SKIP);
+        for block in &mut blocks {
+            if block.iter().fold(false, |any, &s| any | in_range(s)) {
+                take(block);
+            }
+        }
+        take(blocks.remainder());
     }
     cand.truncate(in_bin);
     let (_, nth, _) = cand.select_nth_unstable_by(keep - above - 1, |a, b| b.total_cmp(a));
@@ -142,6 +164,7 @@ pub fn select_short(parts: &[&[f32]], keep: usize) -> Cut {
 /// Vectors at least this long are selected by histogram ([`select`]) instead of a copy and
 /// `select_nth_unstable` (two streaming passes beat a copy plus partitioning there).
 pub const MIN_LEN: usize = 1 << 16;
+const _: () = assert!(MIN_LEN <= 1 << 16, "select_short counts in u16");
 
 /// The exact cut keeping `keep` entries of the concatenation of `parts`, without copying them.
 pub fn select(parts: &[&[f32]], keep: usize) -> Cut {
@@ -212,6 +235,13 @@ mod tests {
                 let (a, b) = v.split_at(n / 3);
                 assert_eq!(select_short(&[a, b], keep), want, "n={n} keep={keep} in parts");
             }
+        }
+        // Beyond the 32 octaves the bins cover: the lowest bin holds distinct values, and
+        // cuts deep in the vector fall inside it.
+        let v: Vec<f32> = (0..3000).map(|i| (rng.uniform() as f32 + 0.5) * 2f32.powi(i % 90 - 70)).collect();
+        for keep in [1, 100, 1000, 2000, 2900, 2999] {
+            let mut scratch = v.clone();
+            assert_eq!(select_short(&[&v], keep), Cut::from_scratch(&mut scratch, keep), "wide keep={keep}");
         }
     }
 

@@ -252,33 +252,44 @@ impl Tally {
 #[inline]
 fn copy_kept_sized(size: usize, src: &[u8], out: &mut [u8], keep: &[bool], t: &mut Tally) {
     match size {
-        2 => copy_kept::<2>(src, out, keep, t),
-        4 => copy_kept::<4>(src, out, keep, t),
-        _ => copy_kept::<8>(src, out, keep, t),
+        2 => copy_kept_2(src, out, keep, t),
+        4 => copy_kept_4(src, out, keep, t),
+        _ => copy_kept_8(src, out, keep, t),
     }
 }
 
-/// Copies the kept `W`-byte little-endian elements of `src` to `out` and zeroes the others
-/// (a mask, no branch). Non-zero means any bit but the sign set: `-0.0` counts as zero.
-#[inline]
-fn copy_kept<const W: usize>(src: &[u8], out: &mut [u8], keep: &[bool], t: &mut Tally) {
-    let sign = 0x80u64 << (8 * (W - 1));
-    let (mut before, mut after, mut written) = (0, 0, 0);
-    for ((s, o), &k) in src.chunks_exact(W).zip(out.chunks_exact_mut(W)).zip(keep) {
-        let mut b = [0u8; 8];
-        b[..W].copy_from_slice(s);
-        let v = u64::from_le_bytes(b);
-        let v_out = v & (k as u64).wrapping_neg();
-        let nz = (v & !sign != 0) as usize;
-        before += nz;
-        after += nz & k as usize;
-        written += (v_out & !sign != 0) as usize;
-        o.copy_from_slice(&v_out.to_le_bytes()[..W]);
-    }
-    t.before += before;
-    t.after += after;
-    t.written += written;
+/// Defines `copy_kept_W`: copies the kept `W`-byte little-endian elements of `src` to `out`
+/// and zeroes the others (a mask, no branch), at most one chunk at a time. Non-zero means any
+/// bit but the sign set: `-0.0` counts as zero. Elements are handled as integers of their own
+/// width, so a vector register holds as many as it can (8 f16 per 128 bits).
+macro_rules! copy_kept {
+    ($name:ident, $int:ty, $w:literal) => {
+        #[inline]
+        fn $name(src: &[u8], out: &mut [u8], keep: &[bool], t: &mut Tally) {
+            const SIGN: $int = 1 << (8 * $w - 1);
+            debug_assert!(keep.len() <= CHUNK, "u32 counters hold one chunk");
+            let (src, _) = src.as_chunks::<$w>();
+            let (out, _) = out.as_chunks_mut::<$w>();
+            let (mut before, mut after, mut written) = (0u32, 0u32, 0u32);
+            for ((s, o), &k) in src.iter().zip(out.iter_mut()).zip(keep) {
+                let v = <$int>::from_le_bytes(*s);
+                let kept = v & (k as $int).wrapping_neg();
+                let nz = (v & !SIGN != 0) as u32;
+                before += nz;
+                after += nz & k as u32;
+                written += (kept & !SIGN != 0) as u32;
+                *o = kept.to_le_bytes();
+            }
+            t.before += before as usize;
+            t.after += after as usize;
+            t.written += written as usize;
+        }
+    };
 }
+
+copy_kept!(copy_kept_2, u16, 2);
+copy_kept!(copy_kept_4, u32, 4);
+copy_kept!(copy_kept_8, u64, 8);
 
 #[cfg(test)]
 mod tests {
@@ -291,17 +302,20 @@ mod tests {
             let keep = [true, true, false, true, false, false];
             let mut out = vec![0xaau8; src.len()];
             let mut t = Tally::default();
-            match w {
-                2 => copy_kept::<2>(&src, &mut out, &keep, &mut t),
-                4 => copy_kept::<4>(&src, &mut out, &keep, &mut t),
-                _ => copy_kept::<8>(&src, &mut out, &keep, &mut t),
-            }
+            copy_kept_sized(w, &src, &mut out, &keep, &mut t);
             for (i, &k) in keep.iter().enumerate() {
                 let e = i * w..(i + 1) * w;
                 let want: Vec<u8> = if k { src[e.clone()].to_vec() } else { vec![0; w] };
                 assert_eq!(out[e], want[..], "w={w} i={i}");
             }
             assert_eq!((t.before, t.after, t.written), (5, 2, 2), "w={w}");
+            // -0.0 (only the sign bit) is kept bit for bit but counts as zero.
+            let mut neg_zero = vec![0u8; w];
+            neg_zero[w - 1] = 0x80;
+            let mut out = vec![0u8; w];
+            let mut t = Tally::default();
+            copy_kept_sized(w, &neg_zero, &mut out, &[true], &mut t);
+            assert_eq!((out, t.before, t.after, t.written), (neg_zero, 0, 0, 0), "w={w}");
         }
     }
 
