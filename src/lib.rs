@@ -21,6 +21,7 @@ pub mod report;
 pub mod rewrite;
 pub mod rng;
 pub mod score;
+pub mod simd;
 pub mod structure;
 pub mod validate;
 pub mod weights;

@@ -12,8 +12,13 @@ pub const CHUNK: usize = 4096;
 /// Independent partial sums per chunk (one AVX2 register pair of f64).
 const LANES: usize = 8;
 
-/// `(Σ|s|, Σs², first non-finite index)` of one chunk, in plain f64 with four lanes.
-pub fn chunk_mass(scores: &[f32]) -> (f64, f64, Option<usize>) {
+crate::simd::avx2_dispatch! {
+    /// `(Σ|s|, Σs², first non-finite index)` of one chunk, in plain f64 with four lanes.
+    pub fn chunk_mass(scores: &[f32]) -> (f64, f64, Option<usize>) = chunk_mass_body;
+}
+
+#[inline(always)]
+fn chunk_mass_body(scores: &[f32]) -> (f64, f64, Option<usize>) {
     let (mut l1, mut l2) = ([0f64; 4], [0f64; 4]);
     let mut quads = scores.chunks_exact(4);
     for q in &mut quads {
@@ -39,42 +44,7 @@ impl Cut {
     /// order, carrying the tie count in `ties_used` like [`Cut::apply`]; returns the kept L1
     /// mass of the chunk (plain f64). Same result as [`Cut::apply`] on the same entries.
     pub fn mark(&self, scores: &[f32], ties_used: &mut usize, keep: &mut [bool]) -> f64 {
-        debug_assert_eq!(scores.len(), keep.len());
-        let v = self.value;
-        let mut lanes = [0f64; LANES];
-        let mut equal = 0usize;
-        let mut blocks = scores.chunks_exact(LANES).zip(keep.chunks_exact_mut(LANES));
-        for (s, k) in &mut blocks {
-            // Fixed-width lanes: no cross-lane dependency, so this vectorises.
-            for j in 0..LANES {
-                let a = s[j].abs();
-                k[j] = a > v;
-                equal += (a == v) as usize;
-                lanes[j] += if a > v { a as f64 } else { 0.0 };
-            }
-        }
-        let tail = scores.len() / LANES * LANES;
-        for (j, (&s, k)) in scores[tail..].iter().zip(keep[tail..].iter_mut()).enumerate() {
-            let a = s.abs();
-            *k = a > v;
-            equal += (a == v) as usize;
-            lanes[j] += if a > v { a as f64 } else { 0.0 };
-        }
-        let mut kept = lanes.iter().sum::<f64>();
-        if equal > 0 && *ties_used < self.ties {
-            // Rare: entries tied at the cut value, kept in flat order while the budget lasts.
-            for (&s, k) in scores.iter().zip(keep.iter_mut()) {
-                if *ties_used >= self.ties {
-                    break;
-                }
-                if s.abs() == v {
-                    *k = true;
-                    *ties_used += 1;
-                    kept += v as f64;
-                }
-            }
-        }
-        kept
+        mark_chunk(self, scores, ties_used, keep)
     }
 
     /// [`Cut::mark`] over a whole vector in chunks: the keep-mask and the compensated kept mass.
@@ -85,6 +55,51 @@ impl Cut {
         }
         kept
     }
+}
+
+crate::simd::avx2_dispatch! {
+    fn mark_chunk(cut: &Cut, scores: &[f32], ties_used: &mut usize, keep: &mut [bool]) -> f64 = mark_chunk_body;
+}
+
+/// The body of [`Cut::mark`].
+#[inline(always)]
+fn mark_chunk_body(cut: &Cut, scores: &[f32], ties_used: &mut usize, keep: &mut [bool]) -> f64 {
+    debug_assert_eq!(scores.len(), keep.len());
+    let v = cut.value;
+    let mut lanes = [0f64; LANES];
+    let mut equal = 0usize;
+    let mut blocks = scores.chunks_exact(LANES).zip(keep.chunks_exact_mut(LANES));
+    for (s, k) in &mut blocks {
+        // Fixed-width lanes: no cross-lane dependency, so this vectorises.
+        for j in 0..LANES {
+            let a = s[j].abs();
+            k[j] = a > v;
+            equal += (a == v) as usize;
+            lanes[j] += if a > v { a as f64 } else { 0.0 };
+        }
+    }
+    let tail = scores.len() / LANES * LANES;
+    for (j, (&s, k)) in scores[tail..].iter().zip(keep[tail..].iter_mut()).enumerate() {
+        let a = s.abs();
+        *k = a > v;
+        equal += (a == v) as usize;
+        lanes[j] += if a > v { a as f64 } else { 0.0 };
+    }
+    let mut kept = lanes.iter().sum::<f64>();
+    if equal > 0 && *ties_used < cut.ties {
+        // Rare: entries tied at the cut value, kept in flat order while the budget lasts.
+        for (&s, k) in scores.iter().zip(keep.iter_mut()) {
+            if *ties_used >= cut.ties {
+                break;
+            }
+            if s.abs() == v {
+                *k = true;
+                *ties_used += 1;
+                kept += v as f64;
+            }
+        }
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -117,6 +132,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn avx2_and_baseline_builds_give_the_same_bits() {
+        let mut rng = Rng::new(3);
+        let s: Vec<f32> = (0..CHUNK - 3).map(|i| if i % 9 == 0 { 0.5 } else { rng.normal() as f32 }).collect();
+        let (a, b) = (chunk_mass(&s), chunk_mass_body(&s));
+        assert_eq!((a.0.to_bits(), a.1.to_bits()), (b.0.to_bits(), b.1.to_bits()));
+        let cut = Cut { value: 0.5, ties: 40 };
+        let (mut k1, mut k2) = (vec![false; s.len()], vec![false; s.len()]);
+        let (mut t1, mut t2) = (0, 0);
+        let m1 = mark_chunk(&cut, &s, &mut t1, &mut k1);
+        let m2 = mark_chunk_body(&cut, &s, &mut t2, &mut k2);
+        assert_eq!((m1.to_bits(), t1, k1), (m2.to_bits(), t2, k2));
     }
 
     #[test]

@@ -97,6 +97,15 @@ const SHORT_SHIFT: u32 = 17;
 /// bin holding the `keep`-th largest, and only that bin's entries are copied and partitioned
 /// — instead of a copy and `select_nth_unstable` of the whole vector.
 pub fn select_short(parts: &[&[f32]], keep: usize) -> Cut {
+    select_short_dispatch(parts, keep)
+}
+
+crate::simd::avx2_dispatch! {
+    fn select_short_dispatch(parts: &[&[f32]], keep: usize) -> Cut = select_short_body;
+}
+
+#[inline(always)]
+fn select_short_body(parts: &[&[f32]], keep: usize) -> Cut {
     if parts.iter().map(|p| p.len()).sum::<usize>() >= MIN_LEN {
         return select(parts, keep); // counts could pass u16 and candidates would be many
     }

@@ -136,10 +136,22 @@ impl<'a> Marker<'a> {
     }
 }
 
-/// Marks a run of entries that meet consecutive rows (`values`, `cuts`, `ties` and `partial`
-/// are those rows): a vectorisable compare-and-sum, then a scalar pass only if some entry is
-/// tied at its row's cut value.
-fn mark_run(values: &[f32], cuts: &[Cut], s: &[f32], k: &mut [bool], ties: &mut [usize], partial: &mut [f64]) {
+crate::simd::avx2_dispatch! {
+    /// Marks a run of entries that meet consecutive rows (`values`, `cuts`, `ties` and
+    /// `partial` are those rows): a vectorisable compare-and-sum, then a scalar pass only if
+    /// some entry is tied at its row's cut value.
+    fn mark_run(
+        values: &[f32],
+        cuts: &[Cut],
+        s: &[f32],
+        k: &mut [bool],
+        ties: &mut [usize],
+        partial: &mut [f64],
+    ) = mark_run_body;
+}
+
+#[inline(always)]
+fn mark_run_body(values: &[f32], cuts: &[Cut], s: &[f32], k: &mut [bool], ties: &mut [usize], partial: &mut [f64]) {
     if s.len() > CHUNK {
         for at in (0..s.len()).step_by(CHUNK) {
             let r = at..(at + CHUNK).min(s.len());

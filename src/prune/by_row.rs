@@ -14,9 +14,14 @@ use super::Group;
 use crate::emp::{Cut, Decision, Mass};
 use crate::weights::Weight;
 
-/// Scores buffered per block of rows, at most (4 MiB of f32; at least one row). Wide blocks
-/// keep the reads of rows along the last axis long enough for the prefetcher.
+/// Scores buffered per block of rows, at most (1 MiB of f32; at least one row, or [`LINE`]
+/// rows along the last axis). Wide blocks keep the reads of rows along the last axis long
+/// enough for the prefetcher.
 const BLOCK_ENTRIES: usize = 1 << 18;
+
+/// Columns per line read when gathering rows along the last axis, at least: a 64-byte cache
+/// line of f16.
+const LINE: usize = 32;
 
 /// Lines read ahead when gathering rows along the last axis.
 const PREFETCH_AHEAD: usize = 8;
@@ -27,7 +32,12 @@ const TILE: usize = 16;
 /// The decision and cut of every row of `w`, in row order.
 pub fn rows_of_weight(w: &Weight, scores: &Scores, beta: f64) -> Result<(Vec<Group>, Vec<Cut>)> {
     let rows = Rows::new(&w.shape, &w.unit_axes);
-    let per_block = (BLOCK_ENTRIES / rows.len.max(1)).max(1);
+    let per_block = match rows.kind() {
+        // Each line read is LINE columns or a multiple: whole cache lines, and whole vectors
+        // for the decoder (a 21-column line cost more in call and tail than in decoding).
+        Kind::Trailing => (BLOCK_ENTRIES / rows.len.max(1)).max(LINE) / LINE * LINE,
+        _ => (BLOCK_ENTRIES / rows.len.max(1)).max(1),
+    };
     let blocks: Vec<usize> = (0..rows.count).step_by(per_block).collect();
     let decide = |r: usize, row: &[f32]| -> Result<(Group, Cut)> {
         let mass = Mass::of(row)?;

@@ -248,9 +248,13 @@ impl Tally {
     }
 }
 
-/// [`copy_kept`] for elements of `size` bytes (2, 4 or 8).
-#[inline]
-fn copy_kept_sized(size: usize, src: &[u8], out: &mut [u8], keep: &[bool], t: &mut Tally) {
+crate::simd::avx2_dispatch! {
+    /// [`copy_kept`] for elements of `size` bytes (2, 4 or 8).
+    fn copy_kept_sized(size: usize, src: &[u8], out: &mut [u8], keep: &[bool], t: &mut Tally) = copy_kept_body;
+}
+
+#[inline(always)]
+fn copy_kept_body(size: usize, src: &[u8], out: &mut [u8], keep: &[bool], t: &mut Tally) {
     match size {
         2 => copy_kept_2(src, out, keep, t),
         4 => copy_kept_4(src, out, keep, t),
@@ -264,7 +268,7 @@ fn copy_kept_sized(size: usize, src: &[u8], out: &mut [u8], keep: &[bool], t: &m
 /// width, so a vector register holds as many as it can (8 f16 per 128 bits).
 macro_rules! copy_kept {
     ($name:ident, $int:ty, $w:literal) => {
-        #[inline]
+        #[inline(always)]
         fn $name(src: &[u8], out: &mut [u8], keep: &[bool], t: &mut Tally) {
             const SIGN: $int = 1 << (8 * $w - 1);
             debug_assert!(keep.len() <= CHUNK, "u32 counters hold one chunk");
