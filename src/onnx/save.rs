@@ -23,7 +23,7 @@ use prost::Message;
 
 use super::external::{release_pages, ExternalStore};
 use super::layout::{self, FileLayout, Payload, ALIGN};
-use super::output::{OutFile, Sink, Slot};
+use super::output::{Flusher, OutFile, Sink, Slot};
 use super::proto::ModelProto;
 use super::tensor::{self, Storage};
 use super::walk::visit_tensors_mut;
@@ -107,7 +107,9 @@ pub fn save_with(
         }
     }
     let jobs: Vec<(&OutFile, &Payload)> = files.iter().flat_map(|(f, l)| l.payloads.iter().map(|p| (*f, p))).collect();
+    let flusher = Flusher::start(&files.iter().map(|(f, _)| *f).collect::<Vec<_>>());
     write_payloads(&jobs, fill)?;
+    drop(flusher);
     let saved = Saved {
         model_bytes: layout.model.len,
         data_file: layout.data.as_ref().map(|_| data.clone()),
@@ -157,8 +159,7 @@ fn write_payloads(jobs: &[(&OutFile, &Payload)], fill: &Fill) -> Result<()> {
     }
 }
 
-/// One payload: rewritten by `fill` or copied from the input, then its input pages released
-/// and its writeback started.
+/// One payload: rewritten by `fill` or copied from the input, then its input pages released.
 fn write_payload(file: &OutFile, p: &Payload, fill: &Fill) -> Result<()> {
     let slot = Slot::new(file, p.offset, p.source.len() as u64);
     if p.rewrite {
