@@ -181,7 +181,7 @@ fn ids(weights: &[Weight]) -> HashMap<usize, usize> {
     weights.iter().enumerate().map(|(i, w)| (w.id, i)).collect()
 }
 
-/// Writes the output: weights not rewritten in place (see [`streamed`]) are rewritten into
+/// Writes the output: weights not rewritten in place (see [`in_place_weights`]) are rewritten into
 /// `proto` first (with `sparse`, the caller already rewrote and converted them); the others
 /// are rewritten by the pool straight into the output files as the save reaches them.
 /// Returns every weight's counts.
@@ -196,14 +196,14 @@ fn write(
     mut counts: Vec<Option<Counts>>,
     sparse: Option<&crate::rewrite::sparse::Converted>,
 ) -> Result<(Vec<Counts>, save::Saved)> {
-    let lazy = if sparse.is_some() { vec![false; weights.len()] } else { streamed(ix, weights) };
+    let in_place = if sparse.is_some() { vec![false; weights.len()] } else { in_place_weights(ix, weights) };
     if sparse.is_none() {
-        rewrite_inline(weights, rewrite, &mut proto, &mut counts, &lazy)?;
+        rewrite_inline(weights, rewrite, &mut proto, &mut counts, &in_place)?;
     }
     let by_id = ids(weights);
     let weight_of =
         |id: usize| sparse.map_or(Some(id), |c| c.remap.get(id).copied()).and_then(|w| by_id.get(&w).copied());
-    let targets = in_place(&mut proto, &lazy, &weight_of)?;
+    let targets = save_targets(&mut proto, &in_place, &weight_of)?;
     let inputs = protected_inputs(model)?;
     let counts = Mutex::new(counts);
     let bytes_of = |w: &Weight| (w.numel() * w.dtype.size()) as u64;
@@ -224,16 +224,16 @@ fn write(
 }
 
 /// The tensors the save asks `rewrite` for, in place: weights still stored externally, and
-/// the streamed ones (`lazy`, by weight index).
-fn in_place(
+/// the ones rewritten in place (`in_place`, by weight index).
+fn save_targets(
     proto: &mut ModelProto,
-    lazy: &[bool],
+    in_place: &[bool],
     weight_of: &dyn Fn(usize) -> Option<usize>,
 ) -> Result<HashSet<usize>> {
     let mut set = HashSet::new();
     visit_tensors_mut(proto, &mut |id, t| {
         if let Some(i) = weight_of(id) {
-            if tensor::storage(t) == Storage::External || lazy[i] {
+            if tensor::storage(t) == Storage::External || in_place[i] {
                 set.insert(id);
             }
         }
@@ -245,7 +245,7 @@ fn in_place(
 /// Which planned weights are rewritten in place in the output (dense): main-graph
 /// initializers stored in `raw_data`, whose rewritten bytes keep their size. Constant values,
 /// subgraph tensors and typed fields are rewritten up front by [`rewrite_inline`].
-fn streamed(ix: &Index, weights: &[Weight]) -> Vec<bool> {
+fn in_place_weights(ix: &Index, weights: &[Weight]) -> Vec<bool> {
     weights
         .iter()
         .map(|w| {
@@ -261,11 +261,11 @@ fn rewrite_inline(
     rewrite: &Rewrite,
     proto: &mut ModelProto,
     counts: &mut [Option<Counts>],
-    lazy: &[bool],
+    in_place: &[bool],
 ) -> Result<()> {
     let done: Vec<(usize, Vec<u8>, Counts)> = (0..weights.len())
         .into_par_iter()
-        .filter(|&i| weights[i].storage != Storage::External && !lazy[i])
+        .filter(|&i| weights[i].storage != Storage::External && !in_place[i])
         .map(|i| {
             let sink = ToVec::new(weights[i].numel() * weights[i].dtype.size());
             rewrite(i, &sink).map(|c| (i, sink.into_inner(), c))

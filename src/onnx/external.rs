@@ -1,6 +1,6 @@
 //! External tensor data: resolves `location` safely inside the model folder and serves byte
 //! ranges as zero-copy slices of memory-mapped data files (each file mapped once), and lets
-//! streaming writers hand pages they are done with back to the kernel ([`release_pages`]).
+//! writers hand pages they are done with back to the kernel ([`release_pages`]).
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -116,7 +116,7 @@ pub fn select(model: &Model, ix: &Index, cfg: &Config) -> Result<weights::Select
 }
 
 /// Decides one weight on its own (a local scope: `tensor` or `row`): its groups, numbered
-/// from 0, and its cut. The streaming writer calls this as it rewrites each weight, so
+/// from 0, and its cut. The save calls this as it rewrites each weight in place, so
 /// planning overlaps writing; [`plan`] calls it for every weight up front.
 pub fn decide(model: &Model, ix: &Index, cfg: &Config, w: &Weight) -> Result<(Vec<Group>, WeightCut)> {
     let scores = scorer(model, ix, cfg, w)?;
