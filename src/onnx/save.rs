@@ -330,8 +330,14 @@ mod tests {
         let short = |_: usize, sink: &dyn Sink| sink.put(0, &[1u8; 8]);
         let err = save_with(proto.clone(), &store, &out2, &[], &HashSet::from([2]), &short).unwrap_err();
         assert!(err.to_string().contains("received 8 of its 40 bytes"), "{err}");
-        // Two failing tensors: the error of the first in file order is reported, whatever the timing.
-        let bad = |id: usize, _: &dyn Sink| -> Result<()> { bail!("bad tensor {id}") };
+        // Two failing tensors: the error of the first in file order is reported, whatever the
+        // timing (here the first fails last, once another thread has failed on the second).
+        let bad = |id: usize, _: &dyn Sink| -> Result<()> {
+            if id == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            bail!("bad tensor {id}")
+        };
         for _ in 0..5 {
             let err = save_with(proto.clone(), &store, &out2, &[], &HashSet::from([0, 2]), &bad).unwrap_err();
             assert_eq!(err.to_string(), "bad tensor 0");
