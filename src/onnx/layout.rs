@@ -197,13 +197,7 @@ mod tests {
     use crate::onnx::proto::{GraphProto, NodeProto};
 
     fn t(name: &str, bytes: usize) -> TensorProto {
-        TensorProto {
-            name: name.into(),
-            dims: vec![bytes as i64 / 4],
-            data_type: 1,
-            raw_data: Bytes::from((0..bytes).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
-            ..Default::default()
-        }
+        tensor::raw_f32_fixture(name, (0..bytes).map(|i| (i % 251) as u8).collect())
     }
 
     fn model() -> ModelProto {

@@ -273,13 +273,7 @@ mod tests {
     use bytes::Bytes;
 
     fn raw(name: &str, bytes: usize) -> TensorProto {
-        TensorProto {
-            name: name.into(),
-            dims: vec![bytes as i64 / 4],
-            data_type: 1,
-            raw_data: Bytes::from(vec![1u8; bytes]),
-            ..Default::default()
-        }
+        tensor::raw_f32_fixture(name, vec![1u8; bytes])
     }
 
     #[test]

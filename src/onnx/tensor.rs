@@ -151,6 +151,18 @@ pub fn set_external(t: &mut TensorProto, location: &str, offset: u64, length: u6
     ];
 }
 
+/// A test tensor: f32 elements given as raw little-endian bytes.
+#[cfg(test)]
+pub(crate) fn raw_f32_fixture(name: &str, raw: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: vec![raw.len() as i64 / 4],
+        data_type: super::proto::tensor_proto::DataType::Float as i32,
+        raw_data: Bytes::from(raw),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
